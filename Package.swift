@@ -1,0 +1,70 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies are kept to the SwiftNIO family, swift-log and
+// swift-service-lifecycle: every addition costs every clean CI build.
+let package = Package(
+    name: "SecureChat",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "securechat", targets: ["Launcher"]),
+        .executable(name: "securechat-gateway", targets: ["Gateway"]),
+        .executable(name: "securechat-worker", targets: ["Worker"]),
+        .executable(name: "securechat-coordinator", targets: ["Coordinator"]),
+        .library(name: "Proto", targets: ["Proto"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // Debian's hiredis, used only as the RESP reader/formatter under SwiftNIO.
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        // Debian's OpenSSL libcrypto: scrypt (EVP_PBE_scrypt), SHA-256, CSPRNG.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(
+            name: "Proto",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "ChatCore",
+            dependencies: [
+                "Proto", "CHiredis", "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "Coordinator",
+            dependencies: ["Proto", "ChatCore"]
+        ),
+        .executableTarget(
+            name: "Worker",
+            dependencies: [
+                "Proto", "ChatCore",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "Gateway",
+            dependencies: [
+                "Proto", "ChatCore",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        .executableTarget(
+            name: "Launcher",
+            dependencies: ["ChatCore", .product(name: "UnixSignals", package: "swift-service-lifecycle")]
+        ),
+        .testTarget(name: "ProtoTests", dependencies: ["Proto"]),
+        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Proto"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

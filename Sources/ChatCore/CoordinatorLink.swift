@@ -1,0 +1,155 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Proto
+import ServiceLifecycle
+
+/// Why a coordinator call failed. Callers fall back (local rate limiter, cached routes).
+public struct CoordinatorUnavailable: Error, CustomStringConvertible {
+    public var description: String { "coordinator unavailable" }
+    public init() {}
+}
+
+/// Client side of a coordinator link: pipelined requests matched by id, pushed events to a callback.
+final class CoordinatorClientHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = (CoordinatorRequest, EventLoopPromise<CoordinatorResponse>)
+    typealias OutboundOut = ByteBuffer
+
+    private var nextID: UInt64 = 1
+    private var pending: [UInt64: EventLoopPromise<CoordinatorResponse>] = [:]
+    private let onEvent: @Sendable (CoordinatorFrame) -> Void
+    private let timeout: TimeAmount
+
+    init(timeout: TimeAmount, onEvent: @escaping @Sendable (CoordinatorFrame) -> Void) {
+        self.timeout = timeout
+        self.onEvent = onEvent
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let (request, reply) = unwrapOutboundIn(data)
+        let id = nextID
+        nextID += 1
+        do {
+            let buffer = try CoordinatorCodec.encode(.request(id: id, request), allocator: context.channel.allocator)
+            pending[id] = reply
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: timeout) {
+                loopBound.value.pending.removeValue(forKey: id)?.fail(CoordinatorUnavailable())
+            }
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        } catch {
+            reply.fail(error)
+            promise?.fail(error)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let frame = try? CoordinatorCodec.decode(unwrapInboundIn(data)) else {
+            context.close(promise: nil)
+            return
+        }
+        switch frame {
+        case let .response(id, response):
+            pending.removeValue(forKey: id)?.succeed(response)
+        case .presence:
+            onEvent(frame)
+        case .request:
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let all = pending
+        pending = [:]
+        for p in all.values { p.fail(CoordinatorUnavailable()) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// A link to the coordinator that reconnects with backoff for as long as it runs.
+/// `onConnect` runs after each (re)connection (workers register there).
+public final class CoordinatorLink: Service, Sendable {
+    public let endpoint: Endpoint
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let secret: String?
+    private let timeout: TimeAmount
+    private let channel = NIOLockedValueBox<Channel?>(nil)
+    private let onEvent: @Sendable (CoordinatorFrame) -> Void
+    private let onConnect: @Sendable (CoordinatorLink) async -> Void
+
+    public init(endpoint: Endpoint, secret: String?, group: EventLoopGroup, logger: Logger,
+                timeout: TimeAmount = .seconds(2),
+                onEvent: @escaping @Sendable (CoordinatorFrame) -> Void = { _ in },
+                onConnect: @escaping @Sendable (CoordinatorLink) async -> Void = { _ in }) {
+        self.endpoint = endpoint
+        self.secret = secret
+        self.group = group
+        self.logger = logger
+        self.timeout = timeout
+        self.onEvent = onEvent
+        self.onConnect = onConnect
+    }
+
+    public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
+
+    public func run() async throws {
+        var backoff = Backoff(base: 0.05, cap: 1)
+        var wasDown = false
+        await withTaskCancellationOrGracefulShutdownHandler {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                do {
+                    let timeout = self.timeout
+                    let onEvent = self.onEvent
+                    let ch = try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
+                        try ch.pipeline.syncOperations.addHandlers([
+                            ByteToMessageHandler(LengthPrefixedDecoder()),
+                            CoordinatorClientHandler(timeout: timeout, onEvent: onEvent),
+                        ])
+                    }
+                    channel.withLockedValue { $0 = ch }
+                    if let secret {
+                        guard case .ok = try await call(.hello(secret: secret)) else {
+                            logger.error("coordinator refused the cluster secret")
+                            ch.close(promise: nil)
+                            throw CoordinatorUnavailable()
+                        }
+                    }
+                    if wasDown { logger.info("coordinator reconnected", metadata: ["coordinator": "\(endpoint)"]) }
+                    wasDown = false
+                    backoff.reset()
+                    await onConnect(self)
+                    try? await ch.closeFuture.get()
+                    channel.withLockedValue { $0 = nil }
+                    if !Task.isCancelled && !Task.isShuttingDownGracefully {
+                        logger.warning("coordinator connection lost", metadata: ["coordinator": "\(endpoint)"])
+                        wasDown = true
+                    }
+                } catch {
+                    channel.withLockedValue { $0 = nil }
+                    if !wasDown {
+                        logger.warning("coordinator unreachable", metadata: ["coordinator": "\(endpoint)"])
+                        wasDown = true
+                    }
+                }
+                if !(await backoff.sleep()) { break }
+            }
+        } onCancelOrGracefulShutdown: {
+            self.channel.withLockedValue { $0 }?.close(promise: nil)
+        }
+    }
+
+    /// Sends one request; throws `CoordinatorUnavailable` when there is no link or no answer in time.
+    public func call(_ request: CoordinatorRequest) async throws -> CoordinatorResponse {
+        guard let ch = channel.withLockedValue({ $0 }) else { throw CoordinatorUnavailable() }
+        let promise = ch.eventLoop.makePromise(of: CoordinatorResponse.self)
+        ch.writeAndFlush((request, promise)).whenFailure { _ in promise.fail(CoordinatorUnavailable()) }
+        return try await promise.futureResult.get()
+    }
+}

@@ -1,0 +1,92 @@
+import Proto
+
+/// Parameters of one limit: a burst of `burst` cells, then one every `interval` seconds.
+public struct RateLimit: Sendable, Equatable {
+    public var burst: Int
+    public var interval: Double
+
+    public init(burst: Int, interval: Double) {
+        self.burst = max(1, burst)
+        self.interval = max(0.000_001, interval)
+    }
+}
+
+/// The limits of protocol.md, configurable by flags (see README).
+public struct RateLimits: Sendable, Equatable {
+    public var message = RateLimit(burst: 5, interval: 1)
+    public var loginUser = RateLimit(burst: 5, interval: 12)
+    public var loginAddress = RateLimit(burst: 20, interval: 3)
+
+    public init() {}
+
+    /// Reads `--msg-burst`, `--msg-per-second`, `--login-user-per-minute`, `--login-address-per-minute`.
+    public init(options: Options) throws {
+        let msgBurst = try options.int("msg-burst", default: 5)
+        let msgRate = try options.double("msg-per-second", default: 1)
+        let userPerMin = try options.int("login-user-per-minute", default: 5)
+        let addrPerMin = try options.int("login-address-per-minute", default: 20)
+        guard msgBurst > 0, msgRate > 0, userPerMin > 0, addrPerMin > 0 else {
+            throw Options.Invalid("rate limits must be positive")
+        }
+        message = RateLimit(burst: msgBurst, interval: 1 / msgRate)
+        loginUser = RateLimit(burst: userPerMin, interval: 60 / Double(userPerMin))
+        loginAddress = RateLimit(burst: addrPerMin, interval: 60 / Double(addrPerMin))
+    }
+
+    public subscript(kind: RateLimitKind) -> RateLimit {
+        switch kind {
+        case .message: return message
+        case .loginUser: return loginUser
+        case .loginAddress: return loginAddress
+        }
+    }
+
+    /// The same limits as command-line flags, for passing on to child processes.
+    public var arguments: [String] {
+        ["--msg-burst", String(message.burst), "--msg-per-second", String(1 / message.interval),
+         "--login-user-per-minute", String(loginUser.burst), "--login-address-per-minute", String(loginAddress.burst)]
+    }
+}
+
+/// The generic cell rate algorithm over many keys, without I/O or clocks:
+/// the caller passes `now` (seconds). A key's state is its theoretical arrival time (TAT).
+public struct GCRA: Sendable {
+    public struct Decision: Equatable, Sendable {
+        public var allowed: Bool
+        /// When not allowed: how long until one cell is free.
+        public var retryAfter: Double
+    }
+
+    private var tat: [String: Double] = [:]
+    public let limits: RateLimits
+    /// Bound on remembered keys; stale ones are pruned first.
+    public let maxKeys: Int
+
+    public init(limits: RateLimits, maxKeys: Int = 1_000_000) {
+        self.limits = limits
+        self.maxKeys = maxKeys
+    }
+
+    public var keyCount: Int { tat.count }
+
+    /// Checks one cell for `key`; spends it when `consume` and allowed.
+    public mutating func check(kind: RateLimitKind, key: String, now: Double, consume: Bool = true) -> Decision {
+        let limit = limits[kind]
+        let fullKey = "\(kind.rawValue):\(key)"
+        let tolerance = limit.interval * Double(limit.burst - 1)
+        let current = max(tat[fullKey] ?? now, now)
+        if current - now > tolerance {
+            return Decision(allowed: false, retryAfter: current - now - tolerance)
+        }
+        if consume {
+            if tat.count >= maxKeys { prune(now: now) }
+            if tat.count < maxKeys || tat[fullKey] != nil { tat[fullKey] = current + limit.interval }
+        }
+        return Decision(allowed: true, retryAfter: 0)
+    }
+
+    /// Forgets keys whose TAT has passed: for them a fresh state is identical.
+    public mutating func prune(now: Double) {
+        tat = tat.filter { $0.value > now }
+    }
+}

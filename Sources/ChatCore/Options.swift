@@ -1,0 +1,103 @@
+import Foundation
+
+/// One configuration story for every process: `--name value` (or `--name=value`)
+/// on the command line, else the environment variable `SECURECHAT_NAME`
+/// (upper case, `-` as `_`), else the default. The README's table lists them all.
+public struct Options: Sendable {
+    public private(set) var values: [String: String] = [:]
+    public private(set) var positional: [String] = []
+    private let environment: [String: String]
+
+    public struct Invalid: Error, CustomStringConvertible {
+        public var description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    public init(arguments: [String] = Array(CommandLine.arguments.dropFirst()),
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.environment = environment
+        var i = 0
+        while i < arguments.count {
+            let arg = arguments[i]
+            if arg.hasPrefix("--") {
+                let body = String(arg.dropFirst(2))
+                if let eq = body.firstIndex(of: "=") {
+                    values[String(body[..<eq])] = String(body[body.index(after: eq)...])
+                } else if i + 1 < arguments.count, !arguments[i + 1].hasPrefix("--") {
+                    values[body] = arguments[i + 1]
+                    i += 1
+                } else {
+                    values[body] = "true"
+                }
+            } else {
+                positional.append(arg)
+            }
+            i += 1
+        }
+    }
+
+    public static func environmentName(_ name: String) -> String {
+        "SECURECHAT_" + name.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    /// The value given on the command line or in the environment, if any.
+    public func string(_ name: String) -> String? {
+        if let v = values[name] { return v }
+        if let v = environment[Self.environmentName(name)], !v.isEmpty { return v }
+        return nil
+    }
+
+    public func string(_ name: String, default value: String) -> String {
+        string(name) ?? value
+    }
+
+    public func int(_ name: String, default value: Int) throws -> Int {
+        guard let s = string(name) else { return value }
+        guard let v = Int(s) else { throw Invalid("--\(name) must be an integer, got '\(s)'") }
+        return v
+    }
+
+    public func double(_ name: String, default value: Double) throws -> Double {
+        guard let s = string(name) else { return value }
+        guard let v = Double(s), v.isFinite else { throw Invalid("--\(name) must be a number, got '\(s)'") }
+        return v
+    }
+
+    public func bool(_ name: String, default value: Bool) -> Bool {
+        guard let s = string(name) else { return value }
+        return ["1", "true", "yes", "on"].contains(s.lowercased())
+    }
+}
+
+/// Where an internal service listens: a Unix domain socket or a TCP address.
+public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
+    case unix(path: String)
+    case tcp(host: String, port: Int)
+
+    /// Parses `unix:/path`, `unix:///path`, `/path`, `redis://host:port`, `tcp://host:port` or `host:port`.
+    public init(parsing text: String) throws {
+        var s = text
+        for scheme in ["redis://", "tcp://"] where s.hasPrefix(scheme) {
+            s.removeFirst(scheme.count)
+            if let slash = s.firstIndex(of: "/") { s = String(s[..<slash]) }
+        }
+        if s.hasPrefix("unix://") { s.removeFirst("unix://".count) } else if s.hasPrefix("unix:") { s.removeFirst("unix:".count) }
+        if s.hasPrefix("/") || s.hasPrefix(".") {
+            self = .unix(path: s)
+            return
+        }
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else {
+            throw Options.Invalid("'\(text)' is neither a socket path nor host:port")
+        }
+        var host = String(s[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self = .tcp(host: host.isEmpty ? "127.0.0.1" : host, port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case let .unix(path): return "unix:" + path
+        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        }
+    }
+}

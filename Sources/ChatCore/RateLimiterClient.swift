@@ -1,0 +1,43 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import Proto
+
+/// Asks the coordinator for global rate decisions; while it cannot be reached,
+/// decides locally with the same parameters (logged once per outage, counted).
+public final class RateLimiterClient: Sendable {
+    private let link: CoordinatorLink
+    private let logger: Logger
+    private let local: NIOLockedValueBox<(gcra: GCRA, fallingBack: Bool, fallbacks: Int)>
+
+    public init(link: CoordinatorLink, limits: RateLimits, logger: Logger) {
+        self.link = link
+        self.logger = logger
+        self.local = NIOLockedValueBox((GCRA(limits: limits), false, 0))
+    }
+
+    /// Number of decisions taken locally so far.
+    public var fallbackCount: Int { local.withLockedValue { $0.fallbacks } }
+
+    public func check(_ kind: RateLimitKind, key: String, consume: Bool = true) async -> GCRA.Decision {
+        do {
+            if case let .rate(allowed, retryAfterMs) = try await link.call(.rateCheck(kind: kind, key: key, consume: consume)) {
+                let wasFallingBack = local.withLockedValue { s -> Bool in
+                    defer { s.fallingBack = false }
+                    return s.fallingBack
+                }
+                if wasFallingBack { logger.info("coordinator back; global rate limits restored") }
+                return GCRA.Decision(allowed: allowed, retryAfter: Double(retryAfterMs) / 1000)
+            }
+        } catch {}
+        let now = Date().timeIntervalSince1970
+        let (decision, first) = local.withLockedValue { s -> (GCRA.Decision, Bool) in
+            let first = !s.fallingBack
+            s.fallingBack = true
+            s.fallbacks += 1
+            return (s.gcra.check(kind: kind, key: key, now: now, consume: consume), first)
+        }
+        if first { logger.warning("coordinator unreachable; rate limits decided locally until it is back") }
+        return decision
+    }
+}

@@ -1,0 +1,190 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Errors from the Redis client. `unavailable` means no connection right now:
+/// callers answer with a temporary error (HTTP 503, `error` code `unavailable`).
+public struct RedisError: Error, CustomStringConvertible, Equatable {
+    private enum Code: Equatable { case unavailable, timeout, server(String), unexpected }
+    private let code: Code
+    public static let unavailable = RedisError(code: .unavailable)
+    public static let timeout = RedisError(code: .timeout)
+    public static let unexpectedReply = RedisError(code: .unexpected)
+    public static func server(_ message: String) -> RedisError { RedisError(code: .server(message)) }
+
+    public var isNoScript: Bool {
+        if case let .server(m) = code { return m.hasPrefix("NOSCRIPT") }
+        return false
+    }
+
+    public var description: String {
+        switch code {
+        case .unavailable: return "redis unavailable"
+        case .timeout: return "redis timeout"
+        case let .server(m): return "redis error: \(m)"
+        case .unexpected: return "unexpected redis reply"
+        }
+    }
+}
+
+/// Matches replies to commands in order (RESP is strictly ordered on one connection).
+final class RedisCommandHandler: ChannelDuplexHandler {
+    typealias InboundIn = RESPValue
+    typealias OutboundIn = ([String], EventLoopPromise<RESPValue>)
+    typealias OutboundOut = [String]
+
+    private var pending = CircularBuffer<EventLoopPromise<RESPValue>>()
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let (args, reply) = unwrapOutboundIn(data)
+        pending.append(reply)
+        context.write(wrapOutboundOut(args), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let value = unwrapInboundIn(data)
+        guard let promise = pending.popFirst() else {
+            context.close(promise: nil)
+            return
+        }
+        promise.succeed(value)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        failAll()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        failAll()
+        context.close(promise: nil)
+    }
+
+    private func failAll() {
+        while let p = pending.popFirst() { p.fail(RedisError.unavailable) }
+    }
+}
+
+/// One pipelined connection to Redis that reconnects with backoff for as long
+/// as it runs. Commands fail fast with `RedisError.unavailable` while it is down.
+public final class RedisClient: Service, Sendable {
+    public let endpoint: Endpoint
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let commandTimeout: TimeAmount
+    private let channel = NIOLockedValueBox<Channel?>(nil)
+    private let connectedHooks = NIOLockedValueBox<[@Sendable () async -> Void]>([])
+
+    public init(endpoint: Endpoint, group: EventLoopGroup, logger: Logger, commandTimeout: TimeAmount = .seconds(5)) {
+        self.endpoint = endpoint
+        self.group = group
+        self.logger = logger
+        self.commandTimeout = commandTimeout
+    }
+
+    /// Runs `hook` after every (re)connection.
+    public func onConnect(_ hook: @escaping @Sendable () async -> Void) {
+        connectedHooks.withLockedValue { $0.append(hook) }
+    }
+
+    public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
+
+    static func connect(endpoint: Endpoint, group: EventLoopGroup, handlers: @escaping @Sendable (Channel) throws -> Void) async throws -> Channel {
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.seconds(2))
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture { try handlers(ch) }
+            }
+        switch endpoint {
+        case let .unix(path): return try await bootstrap.connect(unixDomainSocketPath: path).get()
+        case let .tcp(host, port): return try await bootstrap.connect(host: host, port: port).get()
+        }
+    }
+
+    public func run() async throws {
+        var backoff = Backoff(base: 0.05, cap: 2)
+        var wasDown = false
+        await withTaskCancellationOrGracefulShutdownHandler {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                do {
+                    let ch = try await Self.connect(endpoint: endpoint, group: group) { ch in
+                        try ch.pipeline.syncOperations.addHandlers([
+                            ByteToMessageHandler(RESPDecoder()),
+                            MessageToByteHandler(RESPEncoder()),
+                            RedisCommandHandler(),
+                        ])
+                    }
+                    channel.withLockedValue { $0 = ch }
+                    if wasDown { logger.info("redis reconnected", metadata: ["redis": "\(endpoint)"]) }
+                    wasDown = false
+                    backoff.reset()
+                    for hook in connectedHooks.withLockedValue({ $0 }) { await hook() }
+                    try? await ch.closeFuture.get()
+                    channel.withLockedValue { $0 = nil }
+                    if !Task.isCancelled && !Task.isShuttingDownGracefully {
+                        logger.warning("redis connection lost", metadata: ["redis": "\(endpoint)"])
+                        wasDown = true
+                    }
+                } catch {
+                    if !wasDown {
+                        logger.warning("redis unreachable", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
+                        wasDown = true
+                    }
+                }
+                if !(await backoff.sleep()) { break }
+            }
+        } onCancelOrGracefulShutdown: {
+            self.close()
+        }
+        close()
+    }
+
+    private func close() {
+        channel.withLockedValue { $0 }?.close(promise: nil)
+    }
+
+    /// Sends one command and returns its reply; a Redis error reply is thrown as `RedisError.server`.
+    @discardableResult
+    public func send(_ args: [String]) async throws -> RESPValue {
+        let value = try await sendFuture(args).get()
+        if case let .error(message) = value { throw RedisError.server(message) }
+        return value
+    }
+
+    public func sendFuture(_ args: [String]) -> EventLoopFuture<RESPValue> {
+        guard let ch = channel.withLockedValue({ $0 }) else {
+            return group.any().makeFailedFuture(RedisError.unavailable)
+        }
+        let promise = ch.eventLoop.makePromise(of: RESPValue.self)
+        let timeout = ch.eventLoop.scheduleTask(in: commandTimeout) {
+            // A reply that never comes leaves the connection out of step: start afresh.
+            promise.fail(RedisError.timeout)
+            ch.close(promise: nil)
+        }
+        promise.futureResult.whenComplete { _ in timeout.cancel() }
+        ch.writeAndFlush((args, promise)).whenFailure { _ in promise.fail(RedisError.unavailable) }
+        return promise.futureResult
+    }
+
+    /// Runs a Lua script by SHA, loading it on NOSCRIPT (after a Redis restart).
+    public func evalScript(_ script: RedisScript, keys: [String], args: [String]) async throws -> RESPValue {
+        let tail = [String(keys.count)] + keys + args
+        do {
+            return try await send(["EVALSHA", script.sha1] + tail)
+        } catch let error as RedisError where error.isNoScript {
+            return try await send(["EVAL", script.source] + tail)
+        }
+    }
+}
+
+/// A Lua script and its SHA-1, for EVALSHA.
+public struct RedisScript: Sendable {
+    public let source: String
+    public let sha1: String
+    public init(_ source: String) {
+        self.source = source
+        self.sha1 = Crypto.sha1Hex(source)
+    }
+}

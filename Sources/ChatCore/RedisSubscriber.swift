@@ -1,0 +1,91 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Delivers pub/sub pushes to a callback.
+final class SubscriberHandler: ChannelInboundHandler {
+    typealias InboundIn = RESPValue
+    let onMessage: @Sendable (String, String) -> Void
+    let onSubscribed: @Sendable (Int) -> Void
+
+    init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (Int) -> Void) {
+        self.onMessage = onMessage
+        self.onSubscribed = onSubscribed
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let items = unwrapInboundIn(data).array, let kind = items.first?.string else { return }
+        switch kind {
+        case "message" where items.count == 3:
+            if let channel = items[1].string, let payload = items[2].string { onMessage(channel, payload) }
+        case "subscribe" where items.count == 3:
+            onSubscribed(Int(items[2].int ?? 0))
+        default:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// One pub/sub connection (RESP2 needs its own) that re-subscribes after any loss.
+/// `onState(true)` is called once all channels are subscribed again, `onState(false)` when the link drops.
+public final class RedisSubscriber: Service, Sendable {
+    public let endpoint: Endpoint
+    private let channels: [String]
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let onMessage: @Sendable (String, String) -> Void
+    private let onState: @Sendable (Bool) -> Void
+    private let current = NIOLockedValueBox<Channel?>(nil)
+
+    public init(endpoint: Endpoint, channels: [String], group: EventLoopGroup, logger: Logger,
+                onMessage: @escaping @Sendable (String, String) -> Void,
+                onState: @escaping @Sendable (Bool) -> Void) {
+        self.endpoint = endpoint
+        self.channels = channels
+        self.group = group
+        self.logger = logger
+        self.onMessage = onMessage
+        self.onState = onState
+    }
+
+    public func run() async throws {
+        var backoff = Backoff(base: 0.05, cap: 2)
+        let channelCount = channels.count
+        await withTaskCancellationOrGracefulShutdownHandler {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                do {
+                    let onState = self.onState
+                    let ch = try await RedisClient.connect(endpoint: endpoint, group: group) { [onMessage] ch in
+                        try ch.pipeline.syncOperations.addHandlers([
+                            ByteToMessageHandler(RESPDecoder()),
+                            MessageToByteHandler(RESPEncoder()),
+                            SubscriberHandler(onMessage: onMessage, onSubscribed: { n in
+                                if n == channelCount { onState(true) }
+                            }),
+                        ])
+                    }
+                    current.withLockedValue { $0 = ch }
+                    try await ch.writeAndFlush(["SUBSCRIBE"] + channels)
+                    backoff.reset()
+                    try? await ch.closeFuture.get()
+                    current.withLockedValue { $0 = nil }
+                    onState(false)
+                    if !Task.isCancelled && !Task.isShuttingDownGracefully {
+                        logger.warning("redis subscription lost; resubscribing", metadata: ["redis": "\(endpoint)"])
+                    }
+                } catch {
+                    onState(false)
+                }
+                if !(await backoff.sleep()) { break }
+            }
+        } onCancelOrGracefulShutdown: {
+            self.current.withLockedValue { $0 }?.close(promise: nil)
+        }
+    }
+}

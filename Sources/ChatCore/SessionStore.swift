@@ -1,0 +1,80 @@
+import Foundation
+
+/// Sessions in Redis. The key holds the SHA-256 of the session id, so a copy
+/// of Redis' data holds no usable cookie; the value is `user \n createdMs`.
+/// Each use slides the idle expiry, never past the absolute lifetime.
+public struct SessionStore: Sendable {
+    public let redis: RedisClient
+    public let idleSeconds: Int
+    public let absoluteSeconds: Int
+
+    /// Redis pub/sub channel on which logouts are announced (payload: the session hash).
+    public static let logoutChannel = "sc:logout"
+    public static let cookieName = "sc_session"
+
+    public init(redis: RedisClient, idleSeconds: Int, absoluteSeconds: Int) {
+        self.redis = redis
+        self.idleSeconds = idleSeconds
+        self.absoluteSeconds = absoluteSeconds
+    }
+
+    public static func hash(_ sessionID: String) -> String { Crypto.sha256Hex(sessionID) }
+
+    static func key(hash: String) -> String { "sc:session:" + hash }
+
+    static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// Creates a session for `user` with a fresh id and returns the id.
+    public func create(user: String) async throws -> String {
+        let id = try Crypto.newToken()
+        let ttl = min(idleSeconds, absoluteSeconds)
+        try await redis.send(["SET", Self.key(hash: Self.hash(id)), "\(user)\n\(Self.nowMs())", "EX", String(ttl)])
+        return id
+    }
+
+    /// The user of a live session, sliding its idle expiry; nil when unknown or expired.
+    /// Throws `RedisError` when Redis cannot answer.
+    public func validate(_ sessionID: String) async throws -> String? {
+        guard Self.isWellFormed(sessionID) else { return nil }
+        let key = Self.key(hash: Self.hash(sessionID))
+        guard let value = try await redis.send(["GET", key]).string else { return nil }
+        let parts = value.split(separator: "\n", maxSplits: 1)
+        guard parts.count == 2, let created = Int64(parts[1]) else { return nil }
+        let remaining = Int64(absoluteSeconds) - (Self.nowMs() - created) / 1000
+        guard remaining > 0 else {
+            try await redis.send(["DEL", key])
+            return nil
+        }
+        try await redis.send(["EXPIRE", key, String(min(Int64(idleSeconds), remaining))])
+        return String(parts[0])
+    }
+
+    /// Deletes the session and tells every worker to close its sockets (4001). True if it existed.
+    public func destroy(_ sessionID: String) async throws -> Bool {
+        guard Self.isWellFormed(sessionID) else { return false }
+        let hash = Self.hash(sessionID)
+        let deleted = try await redis.send(["DEL", Self.key(hash: hash)]).int ?? 0
+        try await redis.send(["PUBLISH", Self.logoutChannel, hash])
+        return deleted > 0
+    }
+
+    /// Session ids are 43 base64url characters; anything else is never looked up.
+    public static func isWellFormed(_ id: String) -> Bool {
+        id.utf8.count == 43 && id.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F
+        }
+    }
+
+    /// The session cookie's value from a `Cookie` header, if present.
+    public static func sessionID(fromCookieHeaders headers: [String]) -> String? {
+        for header in headers {
+            for part in header.split(separator: ";") {
+                let kv = part.split(separator: "=", maxSplits: 1)
+                if kv.count == 2, kv[0].trimmingCharacters(in: .whitespaces) == cookieName {
+                    return kv[1].trimmingCharacters(in: .whitespaces)
+                }
+            }
+        }
+        return nil
+    }
+}

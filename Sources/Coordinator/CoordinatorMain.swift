@@ -1,0 +1,37 @@
+import ChatCore
+import Logging
+import NIOPosix
+import ServiceLifecycle
+
+/// `securechat-coordinator`: worker leases, routing, presence and global rate limits.
+@main
+enum CoordinatorMain {
+    static func main() async {
+        let options = Options()
+        let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.coordinator")
+        let endpoint: Endpoint
+        let limits: RateLimits
+        let lease: Double
+        do {
+            let stateDir = options.string("state-dir", default: ".state")
+            endpoint = try Endpoint(parsing: options.string("coordinator", default: stateDir + "/coordinator.sock"))
+            limits = try RateLimits(options: options)
+            lease = try options.double("lease-seconds", default: 3)
+        } catch {
+            ProcessSupport.fail("\(error)")
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let core = CoordinatorCore(limits: limits, leaseDuration: lease, secret: options.string("cluster-secret"), logger: logger)
+        var services: [any Service] = [CoordinatorService(endpoint: endpoint, core: core, group: group, logger: logger)]
+        if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
+        let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        do {
+            try await serviceGroup.run()
+        } catch {
+            logger.error("coordinator failed", metadata: ["error": "\(error)"])
+            try? await group.shutdownGracefully()
+            ProcessSupport.fail("\(error)")
+        }
+        try? await group.shutdownGracefully()
+    }
+}

@@ -1,0 +1,200 @@
+import ChatCore
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Proto
+import ServiceLifecycle
+
+/// The coordinator's shared state: the worker table, the rate limiter, and the
+/// links of registered workers (to push presence events to).
+final class CoordinatorCore: Sendable {
+    struct State {
+        var table: WorkerTable
+        var limiter: GCRA
+        var links: [ObjectIdentifier: Channel] = [:]
+        var workerLinks: [String: ObjectIdentifier] = [:]
+    }
+
+    let state: NIOLockedValueBox<State>
+    let logger: Logger
+    let secret: String?
+
+    init(limits: RateLimits, leaseDuration: Double, secret: String?, logger: Logger) {
+        state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration), limiter: GCRA(limits: limits)))
+        self.secret = secret
+        self.logger = logger
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    func handle(_ request: CoordinatorRequest, link: Channel) -> CoordinatorResponse {
+        let now = Self.now()
+        let linkID = ObjectIdentifier(link)
+        var events: [Presence.Transition] = []
+        let response: CoordinatorResponse = state.withLockedValue { s in
+            switch request {
+            case .hello:
+                return .ok
+            case let .register(worker, address, connections):
+                events = s.table.register(worker: worker, address: address, connections: connections, now: now)
+                s.links[linkID] = link
+                s.workerLinks[worker] = linkID
+                logger.info("worker registered", metadata: ["worker.id": "\(worker)", "connections": "\(connections.count)"])
+                return .ok
+            case let .heartbeat(worker, _):
+                return s.table.heartbeat(worker: worker, now: now) ? .ok : .unknownWorker
+            case let .unregister(worker):
+                s.table.setRoutable(worker: worker, false)
+                logger.info("worker draining", metadata: ["worker.id": "\(worker)"])
+                return .ok
+            case let .connectionOpened(worker, connection):
+                guard let e = s.table.opened(worker: worker, connection: connection) else { return .unknownWorker }
+                events = e
+                return .opened(online: s.table.presence.online)
+            case let .connectionClosed(worker, connection):
+                guard let e = s.table.closed(worker: worker, connection: connection) else { return .unknownWorker }
+                events = e
+                return .ok
+            case let .route(exclude):
+                guard let r = s.table.route(excluding: Set(exclude), now: now) else { return .noWorker }
+                return .route(worker: r.id, address: r.address)
+            case let .rateCheck(kind, key, consume):
+                let d = s.limiter.check(kind: kind, key: key, now: now, consume: consume)
+                return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
+            case .status:
+                return .status(workers: s.table.liveWorkerCount, online: s.table.presence.counts.count)
+            }
+        }
+        publish(events)
+        return response
+    }
+
+    /// Lease expiry and limiter pruning; runs on a timer.
+    func tick() {
+        let now = Self.now()
+        let (expired, events) = state.withLockedValue { s in
+            let r = s.table.expire(now: now)
+            for id in r.expired { s.workerLinks.removeValue(forKey: id) }
+            if s.limiter.keyCount > 100_000 { s.limiter.prune(now: now) }
+            return r
+        }
+        for id in expired { logger.warning("worker lease lapsed; dropped", metadata: ["worker.id": "\(id)"]) }
+        publish(events)
+    }
+
+    func linkClosed(_ link: Channel) {
+        let id = ObjectIdentifier(link)
+        state.withLockedValue { s in
+            s.links.removeValue(forKey: id)
+            for (worker, l) in s.workerLinks where l == id {
+                // Probably dead: stop routing to it now; its presence goes when the lease lapses.
+                s.table.setRoutable(worker: worker, false)
+                s.workerLinks.removeValue(forKey: worker)
+            }
+        }
+    }
+
+    private func publish(_ events: [Presence.Transition]) {
+        guard !events.isEmpty else { return }
+        let links = state.withLockedValue { Array($0.links.values) }
+        for e in events {
+            let frame: CoordinatorFrame
+            switch e {
+            case let .cameOnline(u): frame = .presence(user: u, online: true)
+            case let .wentOffline(u): frame = .presence(user: u, online: false)
+            }
+            for link in links {
+                guard let buffer = try? CoordinatorCodec.encode(frame, allocator: link.allocator) else { continue }
+                link.writeAndFlush(buffer, promise: nil)
+            }
+        }
+    }
+}
+
+/// One inbound link (a worker or a gateway).
+final class CoordinatorServerHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let core: CoordinatorCore
+    private var authenticated: Bool
+
+    init(core: CoordinatorCore) {
+        self.core = core
+        self.authenticated = core.secret == nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case let .request(id, request)? = try? CoordinatorCodec.decode(unwrapInboundIn(data)) else {
+            context.close(promise: nil)
+            return
+        }
+        var response: CoordinatorResponse
+        if case let .hello(secret) = request {
+            authenticated = core.secret.map { Crypto.constantTimeEqual(Array($0.utf8), Array(secret.utf8)) } ?? true
+            response = authenticated ? .ok : .denied
+        } else if !authenticated {
+            response = .denied
+        } else {
+            response = core.handle(request, link: context.channel)
+        }
+        if let buffer = try? CoordinatorCodec.encode(.response(id: id, response), allocator: context.channel.allocator) {
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        }
+        if response == .denied { context.close(promise: nil) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        core.linkClosed(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// Listens for coordinator links until graceful shutdown.
+struct CoordinatorService: Service {
+    let endpoint: Endpoint
+    let core: CoordinatorCore
+    let group: EventLoopGroup
+    let logger: Logger
+
+    func run() async throws {
+        let core = self.core
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(LengthPrefixedDecoder()),
+                        CoordinatorServerHandler(core: core),
+                    ])
+                }
+            }
+        let server: Channel
+        switch endpoint {
+        case let .unix(path):
+            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            chmod(path, 0o600)
+        case let .tcp(host, port):
+            server = try await bootstrap.bind(host: host, port: port).get()
+        }
+        logger.info("coordinator listening", metadata: ["listen": "\(endpoint)"])
+        let ticker = group.next().scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { _ in
+            core.tick()
+        }
+        try? await gracefulShutdown()
+        ticker.cancel()
+        try? await server.close()
+        logger.info("coordinator stopped")
+    }
+}

@@ -1,0 +1,73 @@
+import ChatCore
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Proto
+
+/// Everything the gateway's request handlers share.
+struct GatewayContext: Sendable {
+    let sessions: SessionStore
+    let redis: RedisClient
+    let coordinator: CoordinatorLink
+    let limiter: RateLimiterClient
+    let users: UsersStore
+    let files: StaticFiles
+    let allowedOrigins: [String]
+    let threadPool: NIOThreadPool
+    let logger: Logger
+    let maxBodyBytes: Int
+
+    /// Origins allowed for this request: the configured ones, else `https://` + Host.
+    func isAllowedOrigin(_ origin: String, host: String?) -> Bool {
+        if origin == "null" { return false }
+        if !allowedOrigins.isEmpty { return allowedOrigins.contains(origin) }
+        guard let host else { return false }
+        return origin == "https://" + host
+    }
+}
+
+/// users.json, reloaded when its modification time changes, and password checks
+/// that take the same work for unknown users as for known ones.
+final class UsersStore: Sendable {
+    private let path: String
+    private let state: NIOLockedValueBox<(users: UsersFile, mtime: timespec)>
+    private let dummy: PasswordHash
+
+    init(path: String) throws {
+        self.path = path
+        let users = try UsersFile(path: path)
+        state = NIOLockedValueBox((users, Self.mtime(path)))
+        dummy = try PasswordHash.make(password: Crypto.newToken())
+    }
+
+    static func mtime(_ path: String) -> timespec {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return timespec() }
+        return st.st_mtim
+    }
+
+    var count: Int { state.withLockedValue { $0.users.users.count } }
+
+    /// Call from a thread pool: scrypt is deliberately slow.
+    func verify(user: String, password: String, logger: Logger) -> Bool {
+        let m = Self.mtime(path)
+        let current = state.withLockedValue { $0 }
+        var users = current.users
+        if m.tv_sec != current.mtime.tv_sec || m.tv_nsec != current.mtime.tv_nsec {
+            do {
+                users = try UsersFile(path: path)
+                state.withLockedValue { $0 = (users, m) }
+                logger.info("users file reloaded", metadata: ["users": "\(users.users.count)"])
+            } catch {
+                logger.error("users file unreadable; keeping the previous one", metadata: ["error": "\(error)"])
+            }
+        }
+        guard let hash = users.users[user] else {
+            _ = dummy.verify(password: password)
+            return false
+        }
+        return hash.verify(password: password)
+    }
+}

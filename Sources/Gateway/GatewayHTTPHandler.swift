@@ -1,0 +1,326 @@
+import ChatCore
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Proto
+
+/// One client's HTTP/1.1 requests: pages, assets, the JSON API, and the
+/// hand-off of `/ws` to a worker, after which it removes the HTTP handlers and
+/// splices the TLS stream to the worker's socket.
+final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let ctx: GatewayContext
+    /// The HTTP handlers to remove at the hand-off, in order.
+    let httpHandlers: [RemovableChannelHandler]
+    private var head: HTTPRequestHead?
+    private var body: ByteBuffer?
+    private var tooLarge = false
+    private var handingOff = false
+
+    init(ctx: GatewayContext, httpHandlers: [RemovableChannelHandler]) {
+        self.ctx = ctx
+        self.httpHandlers = httpHandlers
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case let .head(h):
+            head = h
+            body = nil
+            tooLarge = false
+        case var .body(chunk):
+            guard !tooLarge else { return }
+            if (body?.readableBytes ?? 0) + chunk.readableBytes > ctx.maxBodyBytes {
+                tooLarge = true
+                body = nil
+                return
+            }
+            if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            if tooLarge {
+                respondJSON(context, .payloadTooLarge, ["ok": false, "error": "too_large"], close: true)
+                return
+            }
+            route(context, head, body ?? ByteBuffer())
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    func markHandingOff() { handingOff = true }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Idle connections and slow senders (slowloris) are reclaimed.
+        if event is IdleStateHandler.IdleStateEvent, !handingOff {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: routing
+
+    private func route(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ body: ByteBuffer) {
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let method = head.method
+        switch (method, path) {
+        case (.GET, "/"), (.HEAD, "/"):
+            withSession(context, head) { h, context, user in
+                if user != nil { h.redirect(context, to: "/chat") } else { h.servePage(context, "login.html") }
+            }
+        case (.GET, "/chat"), (.HEAD, "/chat"):
+            withSession(context, head) { h, context, user in
+                if user != nil { h.servePage(context, "chat.html") } else { h.redirect(context, to: "/") }
+            }
+        case (.GET, _) where path.hasPrefix("/static/"), (.HEAD, _) where path.hasPrefix("/static/"):
+            if let file = ctx.files.file(named: path.dropFirst("/static/".count)) {
+                respond(context, .ok, contentType: file.contentType, body: file.body, cache: "public, max-age=300")
+            } else {
+                respondJSON(context, .notFound, ["ok": false, "error": "not_found"])
+            }
+        case (.POST, "/api/login"):
+            login(context, head, body)
+        case (.POST, "/api/logout"):
+            logout(context, head)
+        case (.GET, "/api/me"):
+            withSession(context, head) { h, context, user in
+                if let user {
+                    h.respondJSON(context, .ok, ["username": user])
+                } else {
+                    h.respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"])
+                }
+            }
+        case (.GET, "/healthz"):
+            health(context)
+        case (.GET, "/ws"):
+            webSocket(context, head)
+        case (_, "/"), (_, "/chat"), (_, "/api/login"), (_, "/api/logout"), (_, "/api/me"), (_, "/healthz"), (_, "/ws"):
+            respondJSON(context, .methodNotAllowed, ["ok": false, "error": "method_not_allowed"])
+        default:
+            respondJSON(context, .notFound, ["ok": false, "error": "not_found"])
+        }
+    }
+
+    private static func sessionID(_ head: HTTPRequestHead) -> String? {
+        SessionStore.sessionID(fromCookieHeaders: head.headers["cookie"])
+    }
+
+    /// Runs `body` on the event loop with the session's user (nil without a valid session); 503 when Redis is down.
+    private func withSession(_ context: ChannelHandlerContext, _ head: HTTPRequestHead,
+                             _ body: @escaping (GatewayHTTPHandler, ChannelHandlerContext, String?) -> Void) {
+        guard let sid = Self.sessionID(head) else {
+            body(self, context, nil)
+            return
+        }
+        let sessions = ctx.sessions
+        let promise = context.eventLoop.makePromise(of: String?.self)
+        promise.completeWithTask { try await sessions.validate(sid) }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { result in
+            let (h, context) = bound.value
+            switch result {
+            case let .success(user): body(h, context, user)
+            case .failure: h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
+            }
+        }
+    }
+
+    private func originAllowed(_ head: HTTPRequestHead) -> Bool {
+        guard let origin = head.headers.first(name: "origin") else { return true }
+        return ctx.isAllowedOrigin(origin, host: head.headers.first(name: "host"))
+    }
+
+    // MARK: login / logout
+
+    private func login(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ body: ByteBuffer) {
+        let type = head.headers.first(name: "content-type")?.lowercased() ?? ""
+        guard type == "application/json" || type.hasPrefix("application/json;") else {
+            respondJSON(context, .unsupportedMediaType, ["ok": false, "error": "unsupported_media_type"])
+            return
+        }
+        guard originAllowed(head) else {
+            respondJSON(context, .forbidden, ["ok": false, "error": "forbidden"])
+            return
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+              let username = object["username"] as? String, let password = object["password"] as? String,
+              (1...64).contains(username.utf8.count), password.utf8.count <= 1024 else {
+            respondJSON(context, .badRequest, ["ok": false, "error": "bad_request"])
+            return
+        }
+        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let oldSession = Self.sessionID(head)
+        let ctx = self.ctx
+        let loop = context.eventLoop
+        let promise = loop.makePromise(of: LoginOutcome.self)
+        promise.completeWithTask {
+            try await Self.performLogin(ctx: ctx, username: username, password: password, address: address,
+                                        oldSession: oldSession, loop: loop)
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        promise.futureResult.whenComplete { result in
+            let (h, context) = bound.value
+            switch result {
+            case let .success(.ok(sid)):
+                var headers = HTTPHeaders()
+                headers.add(name: "Set-Cookie", value: "\(SessionStore.cookieName)=\(sid); Path=/; HttpOnly; Secure; SameSite=Strict")
+                h.respondJSON(context, .ok, ["ok": true, "username": username], extra: headers)
+            case .success(.invalid):
+                h.respondJSON(context, .unauthorized, ["ok": false, "error": "invalid_credentials"])
+            case let .success(.limited(seconds)):
+                var headers = HTTPHeaders()
+                headers.add(name: "Retry-After", value: String(seconds))
+                h.respondJSON(context, .tooManyRequests, ["ok": false, "error": "rate_limited", "retry_after": seconds], extra: headers)
+            case .failure:
+                h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
+            }
+        }
+    }
+
+    enum LoginOutcome: Sendable {
+        case ok(String)
+        case invalid
+        case limited(Int)
+    }
+
+    private static func performLogin(ctx: GatewayContext, username: String, password: String, address: String,
+                                     oldSession: String?, loop: EventLoop) async throws -> LoginOutcome {
+        // Every failed attempt counts, known user or not; a 429 says nothing about which accounts exist.
+        let userKey = username.lowercased()
+        async let byUser = ctx.limiter.check(.loginUser, key: userKey, consume: false)
+        async let byAddress = ctx.limiter.check(.loginAddress, key: address, consume: false)
+        let (u, a) = await (byUser, byAddress)
+        if !u.allowed || !a.allowed {
+            let wait = max(u.allowed ? 0 : u.retryAfter, a.allowed ? 0 : a.retryAfter)
+            ctx.logger.info("login rate limited", metadata: ["client.address": "\(address)"])
+            return .limited(max(1, Int(wait.rounded(.up))))
+        }
+        let users = ctx.users, logger = ctx.logger
+        let valid = try await ctx.threadPool.runIfActive(eventLoop: loop) {
+            users.verify(user: username, password: password, logger: logger)
+        }.get()
+        guard valid else {
+            async let x = ctx.limiter.check(.loginUser, key: userKey)
+            async let y = ctx.limiter.check(.loginAddress, key: address)
+            _ = await (x, y)
+            ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
+            return .invalid
+        }
+        // A fresh id at every login; a session the browser brought along is ended, never adopted.
+        if let oldSession { _ = try? await ctx.sessions.destroy(oldSession) }
+        let sid = try await ctx.sessions.create(user: username)
+        ctx.logger.info("login", metadata: ["user": "\(username)", "client.address": "\(address)"])
+        return .ok(sid)
+    }
+
+    private func logout(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        guard originAllowed(head) else {
+            respondJSON(context, .forbidden, ["ok": false, "error": "forbidden"])
+            return
+        }
+        guard let sid = Self.sessionID(head) else {
+            respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"])
+            return
+        }
+        let sessions = ctx.sessions
+        let promise = context.eventLoop.makePromise(of: Bool.self)
+        promise.completeWithTask {
+            guard try await sessions.validate(sid) != nil else { return false }
+            return try await sessions.destroy(sid)
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { result in
+            let (h, context) = bound.value
+            var headers = HTTPHeaders()
+            headers.add(name: "Set-Cookie", value: "\(SessionStore.cookieName)=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")
+            switch result {
+            case .success(true): h.respondJSON(context, .ok, ["ok": true], extra: headers)
+            case .success(false): h.respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"], extra: headers)
+            case .failure: h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
+            }
+        }
+    }
+
+    // MARK: health
+
+    private func health(_ context: ChannelHandlerContext) {
+        let ctx = self.ctx
+        let promise = context.eventLoop.makePromise(of: (Bool, Bool, Int).self)
+        promise.completeWithTask {
+            let redisOK = (try? await ctx.redis.send(["PING"]))?.string == "PONG"
+            var coordinatorOK = false, workers = 0
+            if case let .status(w, _)? = try? await ctx.coordinator.call(.status) {
+                coordinatorOK = true
+                workers = w
+            }
+            return (redisOK, coordinatorOK, workers)
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { redisOK, coordinatorOK, workers in
+            let (h, context) = bound.value
+            let ok = redisOK && coordinatorOK && workers > 0
+            var down: [String] = []
+            if !redisOK { down.append("redis") }
+            if !coordinatorOK { down.append("coordinator") }
+            if workers == 0 { down.append("workers") }
+            h.respondJSON(context, ok ? .ok : .serviceUnavailable,
+                          ["status": ok ? "ok" : "degraded", "redis": redisOK, "coordinator": coordinatorOK, "workers": workers, "down": down])
+        }
+    }
+
+    // MARK: responses
+
+    static func securityHeaders(_ headers: inout HTTPHeaders) {
+        headers.add(name: "Content-Security-Policy",
+                    value: "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")
+        headers.add(name: "Strict-Transport-Security", value: "max-age=31536000; includeSubDomains")
+        headers.add(name: "Referrer-Policy", value: "no-referrer")
+        headers.add(name: "X-Frame-Options", value: "DENY")
+        headers.add(name: "Cross-Origin-Opener-Policy", value: "same-origin")
+        headers.add(name: "Cross-Origin-Resource-Policy", value: "same-origin")
+    }
+
+    func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, contentType: String, body: ByteBuffer,
+                 extra: HTTPHeaders = [:], cache: String = "no-store", close: Bool = false) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Cache-Control", value: cache)
+        Self.securityHeaders(&headers)
+        headers.add(contentsOf: extra)
+        if close { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if close { done.whenComplete { _ in context.close(promise: nil) } }
+    }
+
+    func respondJSON(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ object: [String: Any],
+                     extra: HTTPHeaders = [:], close: Bool = false) {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        respond(context, status, contentType: "application/json", body: ByteBuffer(bytes: data), extra: extra, close: close)
+    }
+
+    func servePage(_ context: ChannelHandlerContext, _ name: String) {
+        guard let file = ctx.files.page(name) else {
+            respondJSON(context, .notFound, ["ok": false, "error": "not_found"])
+            return
+        }
+        respond(context, .ok, contentType: file.contentType, body: file.body)
+    }
+
+    func redirect(_ context: ChannelHandlerContext, to location: String) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Location", value: location)
+        respond(context, .found, contentType: "text/plain; charset=utf-8", body: ByteBuffer(), extra: headers)
+    }
+}

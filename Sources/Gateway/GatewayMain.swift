@@ -1,0 +1,70 @@
+import ChatCore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+
+/// `securechat-gateway`: the public HTTPS/WSS port.
+@main
+enum GatewayMain {
+    static func main() async {
+        let options = Options()
+        let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.gateway")
+        let stateDir = options.string("state-dir", default: ".state")
+        let host = options.string("host", default: "0.0.0.0")
+        let port: Int, idle: Int, absolute: Int
+        let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
+        let limits: RateLimits
+        let tls: NIOSSLContext
+        let users: UsersStore
+        let files: StaticFiles
+        do {
+            port = try options.int("port", default: 5001)
+            idle = try options.int("session-idle-seconds", default: 12 * 3600)
+            absolute = try options.int("session-max-seconds", default: 7 * 86400)
+            redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
+            coordinatorEndpoint = try Endpoint(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
+            limits = try RateLimits(options: options)
+            let certPath = options.string("cert", default: "\(stateDir)/tls/cert.pem")
+            let keyPath = options.string("key", default: "\(stateDir)/tls/key.pem")
+            var config = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(certPath).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem)))
+            config.minimumTLSVersion = .tlsv12
+            // TLS 1.2 only with forward-secret AEAD suites; TLS 1.3 suites are all AEAD.
+            config.cipherSuites = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+            tls = try NIOSSLContext(configuration: config)
+            users = try UsersStore(path: options.string("users-file", default: "users.json"))
+            files = try StaticFiles(directory: options.string("web-dir", default: "web"))
+        } catch {
+            ProcessSupport.fail("\(error)")
+        }
+        let origins = (options.string("public-origin") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let pool = NIOThreadPool(numberOfThreads: max(1, System.coreCount))
+        pool.start()
+        let redis = RedisClient(endpoint: redisEndpoint, group: group, logger: logger)
+        let coordinator = CoordinatorLink(endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
+        let ctx = GatewayContext(
+            sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
+            redis: redis, coordinator: coordinator,
+            limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
+            users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024
+        )
+        logger.info("users loaded", metadata: ["users": "\(users.count)"])
+        var services: [any Service] = [redis, coordinator, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
+        if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
+        let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        do {
+            try await serviceGroup.run()
+        } catch {
+            logger.error("gateway failed", metadata: ["error": "\(error)"])
+            exit(1)
+        }
+        try? await pool.shutdownGracefully()
+        try? await group.shutdownGracefully()
+    }
+}

@@ -1,0 +1,54 @@
+import ChatCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+
+/// The public listener: TLS, HTTP/1.1, the web client, the API and `/ws` hand-offs.
+struct GatewayService: Service {
+    let host: String
+    let port: Int
+    let tls: NIOSSLContext
+    let ctx: GatewayContext
+    let group: EventLoopGroup
+    let logger: Logger
+
+    static let decoderLimits: NIOHTTPDecoderLimitConfiguration = {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = 8 * 1024
+        limits.maxHeaderListSize = 16 * 1024
+        limits.maxHeaderFieldCount = 100
+        return limits
+    }()
+
+    func run() async throws {
+        let ctx = self.ctx, tls = self.tls
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Several gateway processes may share the port.
+            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
+                                                                          limitConfiguration: Self.decoderLimits))
+                    let encoder = HTTPResponseEncoder()
+                    let pipelining = HTTPServerPipelineHandler()
+                    let errors = HTTPServerProtocolErrorHandler()
+                    let idle = IdleStateHandler(readTimeout: .seconds(30))
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(NIOSSLServerHandler(context: tls))
+                    try sync.addHandlers([idle, decoder, encoder, pipelining, errors])
+                    try sync.addHandler(GatewayHTTPHandler(ctx: ctx, httpHandlers: [pipelining, errors, encoder, idle, decoder]))
+                }
+            }
+        let server = try await bootstrap.bind(host: host, port: port).get()
+        logger.info("gateway listening", metadata: ["address": "https://\(host):\(server.localAddress?.port ?? port)"])
+        try? await gracefulShutdown()
+        try? await server.close()
+        logger.info("gateway stopped")
+    }
+}

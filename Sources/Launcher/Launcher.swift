@@ -1,0 +1,26 @@
+import ChatCore
+import Foundation
+
+/// `securechat`: runs a deployment, or edits the users file.
+@main
+enum Launcher {
+    static let usage = """
+    usage: securechat run [--workers N] [--port P] [--state-dir DIR] [--redis-url URL] [--users-file F] [--cert PEM --key PEM]
+           securechat users add|passwd|remove NAME [--users-file F]
+           securechat users list [--users-file F]
+    """
+
+    static func main() async {
+        let options = Options()
+        switch options.positional.first {
+        case "run":
+            let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.launcher")
+            do { try await RunCommand(options: options, logger: logger).execute() } catch { ProcessSupport.fail("\(error)") }
+        case "users":
+            do { try UsersCommand(options: options).execute() } catch { ProcessSupport.fail("\(error)") }
+        default:
+            print(usage)
+            exit(options.positional.isEmpty ? 0 : 2)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+import ChatCore
+import Foundation
+import Logging
+import UnixSignals
+
+/// `securechat run`: a whole deployment on one machine.
+struct RunCommand {
+    let options: Options
+    let logger: Logger
+
+    func execute() async throws {
+        let stateDir = absolute(options.string("state-dir", default: ".state"))
+        let workers = try options.int("workers", default: 2)
+        let port = try options.int("port", default: 5001)
+        guard (1...64).contains(workers) else { throw Options.Invalid("--workers must be 1...64") }
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        chmod(stateDir, 0o700)
+        let usersFile = absolute(options.string("users-file", default: "users.json"))
+        guard FileManager.default.fileExists(atPath: usersFile) else { throw Options.Invalid("users file \(usersFile) not found") }
+        _ = try UsersFile(path: usersFile)
+        let limits = try RateLimits(options: options)
+
+        var cert = options.string("cert").map(absolute)
+        var key = options.string("key").map(absolute)
+        if cert == nil || key == nil {
+            (cert, key) = try Certificates.selfSigned(in: stateDir + "/tls", logger: logger)
+        }
+
+        let bin = Self.binDirectory()
+        var children: [Child] = []
+        let redisURL: String
+        if let url = options.string("redis-url") {
+            redisURL = url
+        } else {
+            let redisDir = stateDir + "/redis"
+            try FileManager.default.createDirectory(atPath: redisDir, withIntermediateDirectories: true)
+            redisURL = stateDir + "/redis.sock"
+            let redisServer = options.string("redis-server", default: "redis-server")
+            guard let path = Self.which(redisServer) else {
+                throw Options.Invalid("redis-server not found; install Debian's redis-server or pass --redis-url")
+            }
+            children.append(Child(name: "redis", executable: path, arguments: [
+                "--port", "0", "--unixsocket", redisURL, "--unixsocketperm", "700", "--dir", redisDir,
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                "--loglevel", "warning", "--logfile", "",
+            ]))
+        }
+        let coordinator = options.string("coordinator", default: stateDir + "/coordinator.sock")
+        var common = ["--state-dir", stateDir, "--redis-url", redisURL, "--coordinator", coordinator,
+                      "--parent-pid", String(getpid()), "--log-level", options.string("log-level", default: "info")]
+        if let secret = options.string("cluster-secret") { common += ["--cluster-secret", secret] }
+        for name in ["session-idle-seconds", "session-max-seconds"] {
+            if let v = options.string(name) { common += ["--\(name)", v] }
+        }
+        common += limits.arguments
+        children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: common))
+        for i in 1...workers {
+            var args = common + ["--id", "worker-\(i)", "--listen", "\(stateDir)/worker-\(i).sock"]
+            for name in ["history", "history-max", "max-queued-frames"] {
+                if let v = options.string(name) { args += ["--\(name)", v] }
+            }
+            children.append(Child(name: "worker-\(i)", executable: bin + "/securechat-worker", arguments: args))
+        }
+        var gatewayArgs = common + ["--port", String(port), "--host", options.string("host", default: "0.0.0.0"),
+                                    "--cert", cert!, "--key", key!, "--users-file", usersFile,
+                                    "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
+        if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
+        let gateways = try options.int("gateways", default: 1)
+        for i in 1...max(1, gateways) {
+            children.append(Child(name: gateways > 1 ? "gateway-\(i)" : "gateway", executable: bin + "/securechat-gateway", arguments: gatewayArgs))
+        }
+
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        for child in children {
+            try child.start(logger: logger)
+            if child.name == "redis" { try await waitForSocket(redisURL, seconds: 10) }
+            if child.name == "coordinator", !coordinator.contains(":") || coordinator.hasPrefix("/") {
+                try await waitForSocket(coordinator, seconds: 10)
+            }
+        }
+        print("SecureChat is running: open https://localhost:\(port) in a browser (admin / password123 with the shipped users.json).")
+        print("Stop it with Ctrl-C.")
+
+        let supervisor = Task {
+            while !Task.isCancelled {
+                for child in children { child.superviseStep(logger: logger) }
+                try? await Task.sleep(nanoseconds: 100_000_000)
+            }
+        }
+        var iterator = signals.makeAsyncIterator()
+        let signal = await iterator.next()
+        logger.info("shutting down", metadata: ["signal": "\(signal.map { "\($0)" } ?? "?")"])
+        supervisor.cancel()
+        _ = await supervisor.value
+        // Front to back: gateways stop accepting, workers drain (1012), then the control plane and Redis.
+        await withTaskGroup(of: Void.self) { g in
+            for c in children where c.name.hasPrefix("gateway") { g.addTask { await c.stop(within: 5) } }
+        }
+        await withTaskGroup(of: Void.self) { g in
+            for c in children where c.name.hasPrefix("worker") { g.addTask { await c.stop(within: 12) } }
+        }
+        for c in children where c.name == "coordinator" { await c.stop(within: 5) }
+        for c in children where c.name == "redis" { await c.stop(within: 10) }
+        logger.info("stopped")
+    }
+
+    private func waitForSocket(_ path: String, seconds: Double) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if Self.canConnect(unixPath: path) { return }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        throw Options.Invalid("\(path) did not come up within \(Int(seconds)) s")
+    }
+
+    static func canConnect(unixPath: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(unixPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0
+    }
+
+    func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+
+    /// The folder holding this executable (the sibling executables live there).
+    static func binDirectory() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().path
+    }
+
+    /// `web/` of the source tree when run from it, else next to the binaries.
+    static func defaultWebDir() -> String {
+        if FileManager.default.fileExists(atPath: "web/login.html") { return "web" }
+        return binDirectory() + "/web"
+    }
+
+    static func which(_ name: String) -> String? {
+        if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
+        let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin:/usr/local/bin"
+        for dir in paths.split(separator: ":") {
+            let p = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return nil
+    }
+}
+
+enum Certificates {
+    /// A self-signed certificate for localhost and 127.0.0.1, made once with the openssl command.
+    static func selfSigned(in dir: String, logger: Logger) throws -> (String, String) {
+        let cert = dir + "/cert.pem", key = dir + "/key.pem"
+        if FileManager.default.fileExists(atPath: cert) && FileManager.default.fileExists(atPath: key) { return (cert, key) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        chmod(dir, 0o700)
+        guard let openssl = RunCommand.which("openssl") else { throw Options.Invalid("openssl not found; install Debian's openssl") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: openssl)
+        p.arguments = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                       "-keyout", key, "-out", cert, "-days", "825", "-subj", "/CN=localhost",
+                       "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw Options.Invalid("openssl could not make a certificate") }
+        chmod(key, 0o600)
+        logger.info("generated a self-signed certificate", metadata: ["cert": "\(cert)"])
+        return (cert, key)
+    }
+}

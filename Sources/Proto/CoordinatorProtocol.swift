@@ -1,0 +1,64 @@
+import NIOCore
+
+/// The kinds of global rate limit the coordinator enforces.
+public enum RateLimitKind: String, Codable, Sendable, CaseIterable {
+    /// Chat messages per user, across all connections.
+    case message
+    /// Failed logins per user name.
+    case loginUser
+    /// Failed logins per client address.
+    case loginAddress
+}
+
+/// One live WebSocket connection as a worker reports it.
+public struct ConnectionInfo: Codable, Hashable, Sendable {
+    public var id: String
+    public var user: String
+    public init(id: String, user: String) {
+        self.id = id
+        self.user = user
+    }
+}
+
+/// A request to the coordinator (from a worker or a gateway).
+public enum CoordinatorRequest: Codable, Equatable, Sendable {
+    /// First frame of every link when a cluster secret is configured.
+    case hello(secret: String)
+    /// A worker announces itself with every connection it holds (also after a coordinator restart).
+    case register(worker: String, address: String, connections: [ConnectionInfo])
+    /// A worker renews its lease.
+    case heartbeat(worker: String, connectionCount: Int)
+    /// A worker stops taking new streams (drain) or leaves.
+    case unregister(worker: String)
+    case connectionOpened(worker: String, connection: ConnectionInfo)
+    case connectionClosed(worker: String, connection: ConnectionInfo)
+    /// A gateway asks which worker takes a new stream; `exclude` lists workers that just failed.
+    case route(exclude: [String])
+    /// Checks (and when `consume` is true, spends) one cell of a limit.
+    case rateCheck(kind: RateLimitKind, key: String, consume: Bool)
+    /// Live workers and online users, for health checks.
+    case status
+}
+
+/// The coordinator's answer to one request.
+public enum CoordinatorResponse: Codable, Equatable, Sendable {
+    case ok
+    /// The worker is not (or no longer) registered; it should register again.
+    case unknownWorker
+    case denied
+    /// The connection was counted; `online` is every user online now.
+    case opened(online: [String])
+    case route(worker: String, address: String)
+    case noWorker
+    case rate(allowed: Bool, retryAfterMs: Int)
+    case status(workers: Int, online: Int)
+    case failure(String)
+}
+
+/// What travels on a coordinator link.
+public enum CoordinatorFrame: Codable, Equatable, Sendable {
+    case request(id: UInt64, CoordinatorRequest)
+    case response(id: UInt64, CoordinatorResponse)
+    /// Pushed to every registered worker: a user's first connection opened or last closed.
+    case presence(user: String, online: Bool)
+}

@@ -1,0 +1,287 @@
+import ChatCore
+import Logging
+import NIOCore
+import NIOWebSocket
+import Proto
+
+/// Shared services a connection needs.
+struct WorkerContext: Sendable {
+    let workerID: String
+    let hub: Hub
+    let store: MessageStore
+    let limiter: RateLimiterClient
+    let coordinator: CoordinatorLink
+    let logger: Logger
+    let maxQueuedFrames: Int
+}
+
+/// One client's WebSocket after the upgrade: validates every frame, runs them
+/// in order, and keeps live delivery in id order around `welcome` and `sync`.
+final class ChatConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    let ctx: WorkerContext
+    let info: ConnectionInfo
+    let sessionHash: String
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+
+    /// While > 0 (before `welcome`, during a `sync` replay) live messages wait here.
+    private var holdLive = 1
+    private var held: [SharedFrame] = []
+    /// `welcome` is the first frame: events before it wait here.
+    private var welcomed = false
+    private var beforeWelcome: [String] = []
+    /// The greatest message id sent on this connection.
+    private var lastSent = MessageID.zero
+    private var queuedFrames = 0
+    private var closing = false
+    private var fragments: ByteBuffer?
+    private var continuation: AsyncStream<String>.Continuation?
+
+    init(ctx: WorkerContext, info: ConnectionInfo, sessionHash: String) {
+        self.ctx = ctx
+        self.info = info
+        self.sessionHash = sessionHash
+        var logger = ctx.logger
+        logger[metadataKey: "connection.id"] = "\(info.id)"
+        logger[metadataKey: "user"] = "\(info.user)"
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        ctx.hub.add(Hub.Entry(info: info, sessionHash: sessionHash, handler: loopBound, eventLoop: context.eventLoop))
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .unbounded)
+        self.continuation = continuation
+        let ctx = self.ctx, info = self.info, eventLoop = context.eventLoop
+        logger.debug("connection opened")
+        // One task per connection runs its frames strictly in order.
+        Task {
+            await Self.welcome(ctx: ctx, info: info, handler: loopBound, eventLoop: eventLoop)
+            for await text in stream {
+                await Self.process(text, ctx: ctx, info: info, handler: loopBound, eventLoop: eventLoop)
+            }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        continuation?.finish()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        continuation?.finish()
+        ctx.hub.remove(info.id)
+        let ctx = self.ctx, info = self.info
+        logger.debug("connection closed")
+        Task { _ = try? await ctx.coordinator.call(.connectionClosed(worker: ctx.workerID, connection: info)) }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard !closing else { return }
+        if frame.maskKey == nil {
+            closeWith(code: 1002)
+            return
+        }
+        switch frame.opcode {
+        case .text:
+            if frame.fin {
+                if fragments != nil { closeWith(code: 1002); return }
+                received(frame.unmaskedData)
+            } else {
+                if fragments != nil { closeWith(code: 1002); return }
+                fragments = frame.unmaskedData
+            }
+        case .continuation:
+            guard var buffer = fragments else { closeWith(code: 1002); return }
+            var data = frame.unmaskedData
+            guard buffer.readableBytes + data.readableBytes <= ChatLimits.maxFrameBytes else {
+                closeWith(code: 1009)
+                return
+            }
+            buffer.writeBuffer(&data)
+            if frame.fin {
+                fragments = nil
+                received(buffer)
+            } else {
+                fragments = buffer
+            }
+        case .binary:
+            sendJSON(ServerFrame.error(code: "bad_request", message: "binary frames are not supported", ref: nil, retryAfterMs: nil).json)
+        case .ping:
+            var data = frame.unmaskedData
+            guard data.readableBytes <= 125 else { closeWith(code: 1002); return }
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: data.readSlice(length: data.readableBytes)!)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            closeWith(code: 1000)
+        default:
+            closeWith(code: 1002)
+        }
+    }
+
+    private func received(_ buffer: ByteBuffer) {
+        guard let text = buffer.getString(at: buffer.readerIndex, length: buffer.readableBytes),
+              String(validating: buffer.readableBytesView, as: UTF8.self) != nil else {
+            closeWith(code: 1007)
+            return
+        }
+        continuation?.yield(text)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: sending (on the event loop)
+
+    func sendJSON(_ json: String) {
+        send(ByteBuffer(string: json))
+    }
+
+    /// An event (presence) for this client: after `welcome`, never before.
+    func sendEvent(_ json: String) {
+        guard welcomed else {
+            if beforeWelcome.count < ctx.maxQueuedFrames { beforeWelcome.append(json) }
+            return
+        }
+        sendJSON(json)
+    }
+
+    private func send(_ bytes: ByteBuffer) {
+        guard let context, !closing else { return }
+        guard queuedFrames < ctx.maxQueuedFrames else {
+            logger.info("client too slow; closing", metadata: ["queued": "\(queuedFrames)"])
+            closeWith(code: 4008)
+            return
+        }
+        queuedFrames += 1
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { _ in loopBound.value.queuedFrames -= 1 }
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: bytes)), promise: promise)
+    }
+
+    func deliverLive(_ frame: SharedFrame) {
+        if holdLive > 0 {
+            guard held.count < ctx.maxQueuedFrames else {
+                closeWith(code: 4008)
+                return
+            }
+            held.append(frame)
+            return
+        }
+        sendMessage(frame)
+    }
+
+    private func sendMessage(_ frame: SharedFrame) {
+        guard frame.message.id > lastSent else { return }
+        lastSent = frame.message.id
+        send(frame.bytes)
+    }
+
+    /// Pauses live delivery (before a replay).
+    func hold() { holdLive += 1 }
+
+    /// Resumes live delivery, sending what waited that is newer than what was replayed.
+    func release() {
+        holdLive -= 1
+        guard holdLive == 0 else { return }
+        let waiting = held
+        held = []
+        for f in waiting { sendMessage(f) }
+    }
+
+    /// Replays stored messages in order, even those older than what live delivery sent.
+    func sendReplayed(_ messages: [ChatMessage]) {
+        for m in messages {
+            send(ByteBuffer(string: m.json))
+            lastSent = max(lastSent, m.id)
+        }
+    }
+
+    func closeWith(code: UInt16) {
+        guard let context, !closing else { return }
+        closing = true
+        var data = context.channel.allocator.buffer(capacity: 2)
+        data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(code)))
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
+        // Do not wait forever for a peer that no longer reads.
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+    }
+}
+
+extension ChatConnectionHandler {
+    static func onLoop(_ handler: NIOLoopBound<ChatConnectionHandler>, _ eventLoop: EventLoop,
+                       _ body: @escaping @Sendable (ChatConnectionHandler) -> Void) {
+        eventLoop.execute { body(handler.value) }
+    }
+
+    static func welcome(ctx: WorkerContext, info: ConnectionInfo, handler: NIOLoopBound<ChatConnectionHandler>, eventLoop: EventLoop) async {
+        var online: [String]
+        if case let .opened(list)? = try? await ctx.coordinator.call(.connectionOpened(worker: ctx.workerID, connection: info)) {
+            online = list
+        } else {
+            online = ctx.hub.localUsers
+        }
+        if !online.contains(info.user) { online.append(info.user) }
+        let history = (try? await ctx.store.recent(room: ChatLimits.lobby)) ?? []
+        let json = ServerFrame.welcome(user: info.user, room: ChatLimits.lobby, online: online.sorted(), history: history).json
+        onLoop(handler, eventLoop) { h in
+            h.sendJSON(json)
+            h.welcomed = true
+            let events = h.beforeWelcome
+            h.beforeWelcome = []
+            for e in events { h.sendJSON(e) }
+            if let last = history.last { h.lastSent = max(h.lastSent, last.id) }
+            h.release()
+        }
+    }
+
+    static func process(_ text: String, ctx: WorkerContext, info: ConnectionInfo,
+                        handler: NIOLoopBound<ChatConnectionHandler>, eventLoop: EventLoop) async {
+        func reply(_ frame: ServerFrame) {
+            let json = frame.json
+            onLoop(handler, eventLoop) { $0.sendJSON(json) }
+        }
+        switch ClientFrame.decode(Array(text.utf8)) {
+        case let .failure(error):
+            reply(.error(code: error.code.rawValue, message: error.message, ref: error.ref, retryAfterMs: nil))
+        case let .success(.send(body, ref, room)):
+            let decision = await ctx.limiter.check(.message, key: info.user)
+            guard decision.allowed else {
+                reply(.error(code: "rate_limited", message: "sending too fast", ref: ref,
+                             retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up)))))
+                return
+            }
+            do {
+                let (id, _) = try await ctx.store.append(room: room, from: info.user, text: body, ref: ref)
+                reply(.ack(ref: ref, id: id))
+            } catch {
+                ctx.logger.warning("message not stored", metadata: ["error": "\(error)", "user": "\(info.user)"])
+                reply(.error(code: "unavailable", message: "temporarily unavailable; retry with the same ref", ref: ref, retryAfterMs: 1000))
+            }
+        case let .success(.sync(since, room)):
+            onLoop(handler, eventLoop) { $0.hold() }
+            do {
+                let recovered = try await ctx.store.since(since, room: room) { page in
+                    onLoop(handler, eventLoop) { $0.sendReplayed(page) }
+                }
+                reply(.synced(room: room, recovered: recovered))
+            } catch {
+                reply(.error(code: "unavailable", message: "history temporarily unavailable", ref: nil, retryAfterMs: 1000))
+            }
+            onLoop(handler, eventLoop) { $0.release() }
+        }
+    }
+}

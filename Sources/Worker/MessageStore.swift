@@ -1,0 +1,86 @@
+import ChatCore
+import Proto
+
+/// Room history and relay in Redis: one capped stream per room, one pub/sub
+/// channel per room, and the idempotency records of client refs.
+struct MessageStore: Sendable {
+    let redis: RedisClient
+    let streamMax: Int
+    let historyCount: Int
+    let refTTLSeconds = 180
+
+    static func streamKey(_ room: String) -> String { "sc:room:\(room):stream" }
+    static func trimmedKey(_ room: String) -> String { "sc:room:\(room):trimmed" }
+    static func channel(_ room: String) -> String { "sc:room:\(room)" }
+    static func refKey(user: String, ref: String) -> String { "sc:ref:\(user):\(ref)" }
+
+    /// Dedupe by ref, remember what trimming drops, XADD, PUBLISH: one atomic step.
+    /// The message time is the stream id's millisecond part (Redis' clock), so ts and id agree.
+    static let appendScript = RedisScript("""
+    if KEYS[1] ~= '' then
+      local prev = redis.call('GET', KEYS[1])
+      if prev then return {prev, 0} end
+    end
+    local maxlen = tonumber(ARGV[3])
+    local n = redis.call('XLEN', KEYS[2])
+    if n >= maxlen then
+      local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - maxlen + 1)
+      if #old > 0 then redis.call('SET', KEYS[4], old[#old][1]) end
+    end
+    local id = redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, '*', 'from', ARGV[1], 'text', ARGV[2])
+    if KEYS[1] ~= '' then redis.call('SET', KEYS[1], id, 'EX', ARGV[4]) end
+    local ts = string.match(id, '^(%d+)')
+    redis.call('PUBLISH', KEYS[3], id .. '\\n' .. ts .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2])
+    return {id, 1}
+    """)
+
+    /// Stores and relays a message; returns its id and whether it was new (false: a retried ref).
+    func append(room: String, from user: String, text: String, ref: String?) async throws -> (MessageID, Bool) {
+        let keys = [ref.map { Self.refKey(user: user, ref: $0) } ?? "", Self.streamKey(room), Self.channel(room), Self.trimmedKey(room)]
+        let reply = try await redis.evalScript(Self.appendScript, keys: keys, args: [user, text, String(streamMax), String(refTTLSeconds)])
+        guard let items = reply.array, items.count == 2, let idText = items[0].string, let id = MessageID(idText) else {
+            throw RedisError.unexpectedReply
+        }
+        return (id, items[1].int == 1)
+    }
+
+    /// The room's most recent messages, oldest first.
+    func recent(room: String) async throws -> [ChatMessage] {
+        let reply = try await redis.send(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", String(historyCount)])
+        return Self.messages(from: reply, room: room).reversed()
+    }
+
+    /// Every held message after `since`, in order, and whether nothing before them was trimmed away.
+    func since(_ since: MessageID, room: String, batch: Int = 500, each: ([ChatMessage]) async throws -> Void) async throws -> Bool {
+        var cursor = since
+        while true {
+            let reply = try await redis.send(["XRANGE", Self.streamKey(room), "(\(cursor)", "+", "COUNT", String(batch)])
+            let page = Self.messages(from: reply, room: room)
+            if !page.isEmpty { try await each(page) }
+            guard page.count == batch, let last = page.last else { break }
+            cursor = last.id
+        }
+        if let trimmed = try await redis.send(["GET", Self.trimmedKey(room)]).string.flatMap(MessageID.init) {
+            return since >= trimmed
+        }
+        return true
+    }
+
+    static func messages(from reply: RESPValue, room: String) -> [ChatMessage] {
+        (reply.array ?? []).compactMap { entry in
+            guard let pair = entry.array, pair.count == 2, let idText = pair[0].string, let id = MessageID(idText),
+                  let fields = pair[1].array else { return nil }
+            var from = "", text = ""
+            var i = 0
+            while i + 1 < fields.count {
+                switch fields[i].string {
+                case "from": from = fields[i + 1].string ?? ""
+                case "text": text = fields[i + 1].string ?? ""
+                default: break
+                }
+                i += 2
+            }
+            return ChatMessage(id: id, room: room, from: from, text: text, ts: id.ms)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+import ChatCore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Proto
+import ServiceLifecycle
+
+/// `securechat-worker`: serves WebSocket streams handed over by gateways.
+@main
+enum WorkerMain {
+    static func main() async {
+        let options = Options()
+        let baseLogger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.worker")
+        let stateDir = options.string("state-dir", default: ".state")
+        let workerID = options.string("id", default: "worker-\(getpid())")
+        let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
+        let limits: RateLimits
+        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int
+        do {
+            listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
+            redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
+            coordinatorEndpoint = try Endpoint(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
+            limits = try RateLimits(options: options)
+            historyCount = try options.int("history", default: 50)
+            streamMax = try options.int("history-max", default: 10_000)
+            idle = try options.int("session-idle-seconds", default: 12 * 3600)
+            absolute = try options.int("session-max-seconds", default: 7 * 86400)
+            maxQueued = try options.int("max-queued-frames", default: 1024)
+            guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
+                throw Options.Invalid("--history must be 1...1000 and no more than --history-max")
+            }
+        } catch {
+            ProcessSupport.fail("\(error)")
+        }
+        let advertise = options.string("advertise", default: listen.description)
+        var log = baseLogger
+        log[metadataKey: "worker.id"] = "\(workerID)"
+        let logger = log
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let redis = RedisClient(endpoint: redisEndpoint, group: group, logger: logger)
+        let hub = Hub()
+        let coordinator = CoordinatorLink(
+            endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
+            onEvent: { frame in
+                if case let .presence(user, online) = frame { hub.presence(user: user, online: online) }
+            },
+            onConnect: { link in
+                let r = try? await link.call(.register(worker: workerID, address: advertise, connections: hub.connections))
+                if r != .ok { logger.warning("registration with the coordinator failed") }
+            }
+        )
+        let ctx = WorkerContext(
+            workerID: workerID, hub: hub,
+            store: MessageStore(redis: redis, streamMax: streamMax, historyCount: historyCount),
+            limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
+            coordinator: coordinator, logger: logger, maxQueuedFrames: maxQueued
+        )
+        let roomChannel = MessageStore.channel(ChatLimits.lobby)
+        let subscriber = RedisSubscriber(
+            endpoint: redisEndpoint, channels: [roomChannel, SessionStore.logoutChannel], group: group, logger: logger,
+            onMessage: { channel, payload in
+                if channel == roomChannel {
+                    if let m = ChatMessage(relayPayload: payload, room: ChatLimits.lobby) { hub.deliver(m) }
+                } else if channel == SessionStore.logoutChannel {
+                    hub.closeSessions(hash: payload, code: 4001)
+                }
+            },
+            onState: { up in
+                if up { logger.debug("subscribed to redis") }
+            }
+        )
+        let sessions = SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute)
+        // Started in this order, stopped in reverse: the server drains first, Redis goes last.
+        var services: [any Service] = [
+            redis, subscriber, coordinator,
+            HeartbeatService(ctx: ctx, advertise: advertise),
+            WorkerService(listen: listen, advertise: advertise, ctx: ctx, sessions: sessions, group: group, logger: logger, drainBatch: 50),
+        ]
+        if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
+        let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        do {
+            try await serviceGroup.run()
+        } catch {
+            logger.error("worker failed", metadata: ["error": "\(error)"])
+            try? await group.shutdownGracefully()
+            exit(1)
+        }
+        try? await group.shutdownGracefully()
+    }
+}
