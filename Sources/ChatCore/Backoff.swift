@@ -1,3 +1,5 @@
+import ServiceLifecycle
+
 /// Exponential backoff with full jitter, as a pure value: each failure asks
 /// for the next delay, a success resets it.
 public struct Backoff: Sendable {
@@ -30,5 +32,13 @@ extension Backoff {
         } catch {
             return false
         }
+    }
+}
+
+/// Sleeps up to `seconds`, waking early on cancellation or graceful shutdown.
+public func sleepUnlessShuttingDown(seconds: Double) async {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline && !Task.isCancelled && !Task.isShuttingDownGracefully {
+        try? await Task.sleep(for: .milliseconds(50))
     }
 }

@@ -37,15 +37,13 @@ public struct ParentWatch: Service {
     }
 
     public func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                if getppid() != parent {
-                    logger.warning("launcher went away; shutting down")
-                    kill(getpid(), SIGTERM)
-                    return
-                }
-                try await Task.sleep(nanoseconds: 500_000_000)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if getppid() != parent {
+                logger.warning("launcher went away; shutting down")
+                kill(getpid(), SIGTERM)
+                return
             }
+            await sleepUnlessShuttingDown(seconds: 0.25)
         }
     }
 }

@@ -3,7 +3,7 @@
 struct Presence: Sendable {
     private(set) var counts: [String: Int] = [:]
 
-    enum Transition: Equatable { case cameOnline(String), wentOffline(String) }
+    enum Transition: Hashable { case cameOnline(String), wentOffline(String) }
 
     mutating func add(_ user: String) -> Transition? {
         let n = counts[user, default: 0] + 1

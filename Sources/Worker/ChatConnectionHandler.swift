@@ -259,6 +259,11 @@ extension ChatConnectionHandler {
             reply(.error(code: error.code.rawValue, message: error.message, ref: error.ref, retryAfterMs: nil))
         case let .success(.send(body, ref, room)):
             let decision = await ctx.limiter.check(.message, key: info.user)
+            if !decision.allowed, let ref, let id = try? await ctx.store.storedID(user: info.user, ref: ref) {
+                // A retry of a stored message is answered, not limited: the client only lost its ack.
+                reply(.ack(ref: ref, id: id))
+                return
+            }
             guard decision.allowed else {
                 reply(.error(code: "rate_limited", message: "sending too fast", ref: ref,
                              retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up)))))

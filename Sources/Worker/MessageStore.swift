@@ -44,6 +44,11 @@ struct MessageStore: Sendable {
         return (id, items[1].int == 1)
     }
 
+    /// The id a ref was stored under, if the user sent it recently.
+    func storedID(user: String, ref: String) async throws -> MessageID? {
+        try await redis.send(["GET", Self.refKey(user: user, ref: ref)]).string.flatMap(MessageID.init)
+    }
+
     /// The room's most recent messages, oldest first.
     func recent(room: String) async throws -> [ChatMessage] {
         let reply = try await redis.send(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", String(historyCount)])

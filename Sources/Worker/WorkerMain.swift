@@ -41,15 +41,13 @@ enum WorkerMain {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let redis = RedisClient(endpoint: redisEndpoint, group: group, logger: logger)
         let hub = Hub()
+        let readiness = WorkerReadiness()
         let coordinator = CoordinatorLink(
             endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
             onEvent: { frame in
                 if case let .presence(user, online) = frame { hub.presence(user: user, online: online) }
             },
-            onConnect: { link in
-                let r = try? await link.call(.register(worker: workerID, address: advertise, connections: hub.connections))
-                if r != .ok { logger.warning("registration with the coordinator failed") }
-            }
+            onConnect: { _ in readiness.linkReconnected() }
         )
         let ctx = WorkerContext(
             workerID: workerID, hub: hub,
@@ -68,6 +66,7 @@ enum WorkerMain {
                 }
             },
             onState: { up in
+                readiness.setSubscribed(up)
                 if up { logger.debug("subscribed to redis") }
             }
         )
@@ -75,7 +74,7 @@ enum WorkerMain {
         // Started in this order, stopped in reverse: the server drains first, Redis goes last.
         var services: [any Service] = [
             redis, subscriber, coordinator,
-            HeartbeatService(ctx: ctx, advertise: advertise),
+            HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
             WorkerService(listen: listen, advertise: advertise, ctx: ctx, sessions: sessions, group: group, logger: logger, drainBatch: 50),
         ]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }

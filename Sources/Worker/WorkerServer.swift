@@ -132,25 +132,62 @@ struct WorkerService: Service {
     }
 }
 
-/// Keeps this worker's lease and registration with the coordinator.
+/// Whether this worker may take streams: it registers with the coordinator only
+/// while its Redis subscription is live, so no client lands where messages do not arrive.
+final class WorkerReadiness: Sendable {
+    private let state = NIOLockedValueBox((subscribed: false, registered: false))
+
+    var subscribed: Bool { state.withLockedValue { $0.subscribed } }
+
+    func setSubscribed(_ up: Bool) {
+        state.withLockedValue { $0.subscribed = up }
+    }
+
+    /// After a (re)connection to the coordinator the registration must be sent again.
+    func linkReconnected() {
+        state.withLockedValue { $0.registered = false }
+    }
+
+    /// True once when a registration is due.
+    func takeRegistrationDue() -> Bool {
+        state.withLockedValue { s in
+            guard s.subscribed && !s.registered else { return false }
+            s.registered = true
+            return true
+        }
+    }
+
+    func registrationFailed() {
+        state.withLockedValue { $0.registered = false }
+    }
+}
+
+/// Keeps this worker's registration and lease with the coordinator: registers
+/// (with every connection it holds) when due, then heartbeats about every second.
 struct HeartbeatService: Service {
     let ctx: WorkerContext
     let advertise: String
-
-    static func register(ctx: WorkerContext, advertise: String) async {
-        let result = try? await ctx.coordinator.call(.register(worker: ctx.workerID, address: advertise, connections: ctx.hub.connections))
-        if result != .ok { ctx.logger.warning("registration with the coordinator failed") }
-    }
+    let readiness: WorkerReadiness
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                if ctx.coordinator.isConnected {
+        var lastBeat = ContinuousClock.now - .seconds(10)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if ctx.coordinator.isConnected {
+                if readiness.takeRegistrationDue() {
+                    let r = try? await ctx.coordinator.call(.register(worker: ctx.workerID, address: advertise, connections: ctx.hub.connections))
+                    if r == .ok {
+                        ctx.logger.info("registered with the coordinator", metadata: ["connections": "\(ctx.hub.count)"])
+                    } else {
+                        readiness.registrationFailed()
+                    }
+                    lastBeat = ContinuousClock.now
+                } else if ContinuousClock.now - lastBeat >= .seconds(1) {
+                    lastBeat = ContinuousClock.now
                     let r = try? await ctx.coordinator.call(.heartbeat(worker: ctx.workerID, connectionCount: ctx.hub.count))
-                    if r == .unknownWorker { await Self.register(ctx: ctx, advertise: advertise) }
+                    if r == .unknownWorker { readiness.registrationFailed() }
                 }
-                try await Task.sleep(for: .seconds(1))
             }
+            try? await Task.sleep(for: .milliseconds(50))
         }
     }
 }

@@ -1,0 +1,84 @@
+import ChatCore
+import Testing
+
+@Suite struct GCRATests {
+    @Test func burstThenSteadyRate() {
+        var g = GCRA(limits: RateLimits())
+        let burst = (0..<5).map { _ in g.check(kind: .message, key: "amy", now: 100).allowed }
+        #expect(burst == [true, true, true, true, true])
+        let denied = g.check(kind: .message, key: "amy", now: 100)
+        #expect(!denied.allowed)
+        #expect(abs(denied.retryAfter - 1) < 1e-9)
+        let later = [g.check(kind: .message, key: "amy", now: 100.5).allowed,
+                     g.check(kind: .message, key: "amy", now: 101).allowed,
+                     g.check(kind: .message, key: "amy", now: 101).allowed,
+                     // Other keys and kinds are independent.
+                     g.check(kind: .message, key: "bo", now: 101).allowed,
+                     g.check(kind: .loginUser, key: "amy", now: 101).allowed]
+        #expect(later == [false, true, false, true, true])
+    }
+
+    @Test func peekDoesNotSpend() {
+        var g = GCRA(limits: RateLimits())
+        let peeks = (0..<10).map { _ in g.check(kind: .loginUser, key: "x", now: 0, consume: false).allowed }
+        #expect(!peeks.contains(false))
+        let spends = (0..<5).map { _ in g.check(kind: .loginUser, key: "x", now: 0).allowed }
+        #expect(!spends.contains(false))
+        let sixth = g.check(kind: .loginUser, key: "x", now: 0, consume: false)
+        #expect(!sixth.allowed && abs(sixth.retryAfter - 12) < 1e-9)
+    }
+
+    @Test func pruneForgetsOnlyIdleKeys() {
+        var g = GCRA(limits: RateLimits())
+        _ = g.check(kind: .message, key: "old", now: 0)
+        _ = g.check(kind: .message, key: "new", now: 10)
+        g.prune(now: 10.5)
+        #expect(g.keyCount == 1)
+    }
+
+    @Test func keyTableIsBounded() {
+        var g = GCRA(limits: RateLimits(), maxKeys: 100)
+        for i in 0..<1000 { _ = g.check(kind: .loginAddress, key: "k\(i)", now: 0) }
+        #expect(g.keyCount <= 100)
+    }
+
+    @Test func limitsFromOptions() throws {
+        let l = try RateLimits(options: Options(arguments: ["--msg-burst", "10", "--msg-per-second", "4", "--login-user-per-minute", "3"], environment: [:]))
+        #expect(l.message == RateLimit(burst: 10, interval: 0.25))
+        #expect(l.loginUser == RateLimit(burst: 3, interval: 20))
+        #expect(l.loginAddress == RateLimit(burst: 20, interval: 3))
+        #expect(throws: Options.Invalid.self) { try RateLimits(options: Options(arguments: ["--msg-burst", "zero"], environment: [:])) }
+    }
+}
+
+@Suite struct OptionsTests {
+    @Test func flagsBeatEnvironmentBeatDefaults() throws {
+        let o = Options(arguments: ["run", "--port", "6000", "--workers=3", "--verbose"],
+                        environment: ["SECURECHAT_PORT": "7000", "SECURECHAT_STATE_DIR": "/s"])
+        #expect(o.positional == ["run"])
+        #expect(try o.int("port", default: 5001) == 6000)
+        #expect(try o.int("workers", default: 2) == 3)
+        #expect(o.string("state-dir") == "/s")
+        #expect(o.bool("verbose", default: false))
+        #expect(try o.int("missing", default: 9) == 9)
+        #expect(Options.environmentName("redis-url") == "SECURECHAT_REDIS_URL")
+    }
+
+    @Test func endpoints() throws {
+        #expect(try Endpoint(parsing: "/tmp/r.sock") == .unix(path: "/tmp/r.sock"))
+        #expect(try Endpoint(parsing: "unix:///tmp/r.sock") == .unix(path: "/tmp/r.sock"))
+        #expect(try Endpoint(parsing: "redis://10.0.0.5:6380/0") == .tcp(host: "10.0.0.5", port: 6380))
+        #expect(try Endpoint(parsing: "[::1]:7000") == .tcp(host: "::1", port: 7000))
+        #expect(throws: Options.Invalid.self) { try Endpoint(parsing: "nonsense") }
+    }
+}
+
+@Suite struct BackoffTests {
+    @Test func growsToCapAndResets() {
+        var b = Backoff(base: 0.1, cap: 1)
+        let delays = (0..<6).map { _ in b.next(random: 1) }
+        #expect(delays == [0.1, 0.2, 0.4, 0.8, 1, 1])
+        b.reset()
+        #expect(b.next(random: 0) == 0.05)
+    }
+}

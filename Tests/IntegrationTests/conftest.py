@@ -1,0 +1,124 @@
+"""Starts a real SecureChat deployment per test: the `securechat run` launcher
+with its own redis-server, coordinator, two workers and the TLS gateway, on a
+free port with a temporary state folder. Every process is stopped afterwards."""
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("SECURECHAT_BIN", os.path.join(ROOT, ".build", "debug"))
+
+# Users every deployment gets besides the shipped ones (scrypt-hashed by `securechat users add`).
+EXTRA_USERS = ["alice", "bob", "carol", "dave"]
+
+
+def password_for(name):
+    return {"admin": "password123", "team_member": "securechat456"}.get(name, "pw-%s-123456" % name)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # the service may still be starting
+            last = exc
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
+
+
+@pytest.fixture(scope="session")
+def users_file():
+    """users.json plus test users, made once per test session."""
+    d = tempfile.mkdtemp(prefix="sc-users-")
+    path = os.path.join(d, "users.json")
+    shutil.copy(os.path.join(ROOT, "users.json"), path)
+    for name in EXTRA_USERS:
+        subprocess.run([os.path.join(BIN, "securechat"), "users", "add", name, "--users-file", path],
+                       input=password_for(name) + "\n", text=True, check=True, capture_output=True)
+    yield path
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Deployment:
+    def __init__(self, users_file, workers=2, extra_args=()):
+        self.port = free_port()
+        self.base = "https://127.0.0.1:%d" % self.port
+        self.origin = "https://127.0.0.1:%d" % self.port
+        self.state = tempfile.mkdtemp(prefix="sc-")
+        self.log_path = os.path.join(self.state, "launcher.log")
+        self.log = open(self.log_path, "w")
+        args = [os.path.join(BIN, "securechat"), "run", "--state-dir", self.state, "--port", str(self.port),
+                "--host", "127.0.0.1", "--workers", str(workers), "--users-file", users_file,
+                "--web-dir", os.path.join(ROOT, "web")] + list(extra_args)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.workers = workers
+        wait_until(self.healthy, 60, what="deployment healthy")
+
+    def healthy(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError("launcher exited: " + open(self.log_path).read()[-2000:])
+        r = requests.get(self.base + "/healthz", verify=self.ca, timeout=2)
+        return r.status_code == 200 and r.json()["workers"] == self.workers
+
+    @property
+    def ca(self):
+        """The self-signed certificate the launcher generated (SAN localhost, 127.0.0.1): clients verify it."""
+        return os.path.join(self.state, "tls", "cert.pem")
+
+    def ssl_context(self):
+        return ssl.create_default_context(cafile=self.ca)
+
+    def login(self, name, password=None):
+        s = requests.Session()
+        s.trust_env = False  # else REQUESTS_CA_BUNDLE would override verify
+        s.verify = self.ca
+        r = s.post(self.base + "/api/login", json={"username": name, "password": password or password_for(name)})
+        assert r.status_code == 200, r.text
+        return s
+
+    def redis(self, *args):
+        out = subprocess.run(["redis-cli", "-s", os.path.join(self.state, "redis.sock"), "--raw"] + list(args),
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the process group (children included) goes too.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+@pytest.fixture
+def deployment(users_file):
+    d = Deployment(users_file)
+    yield d
+    d.stop()

@@ -1,0 +1,64 @@
+"""Pages, assets, headers and health of the gateway."""
+import requests
+
+SECURITY_HEADERS = ["Content-Security-Policy", "X-Content-Type-Options", "Strict-Transport-Security",
+                    "Referrer-Policy", "X-Frame-Options"]
+
+
+def get(deployment, path, session=None, **kw):
+    return (session or requests).get(deployment.base + path, verify=deployment.ca, allow_redirects=False, **kw)
+
+
+def test_pages_redirect_by_session(deployment):
+    r = get(deployment, "/")
+    assert r.status_code == 200 and "text/html" in r.headers["Content-Type"] and "login-form" in r.text
+    assert get(deployment, "/chat").status_code == 302 and get(deployment, "/chat").headers["Location"] == "/"
+    s = deployment.login("admin")
+    assert get(deployment, "/", s).status_code == 302 and get(deployment, "/", s).headers["Location"] == "/chat"
+    assert get(deployment, "/chat", s).status_code == 200
+    cookie = s.cookies["sc_session"]
+    assert len(cookie) >= 22
+
+
+def test_login_cookie_flags_and_fresh_ids(deployment):
+    url = deployment.base + "/api/login"
+    body = {"username": "admin", "password": "password123"}
+    r1 = requests.post(url, json=body, verify=deployment.ca)
+    r2 = requests.post(url, json=body, verify=deployment.ca, cookies={"sc_session": r1.cookies["sc_session"]})
+    assert r1.json() == {"ok": True, "username": "admin"}
+    header = r1.headers["Set-Cookie"]
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"]:
+        assert flag in header
+    assert r1.cookies["sc_session"] != r2.cookies["sc_session"]
+    # The session the browser brought along is ended, never adopted.
+    assert get(deployment, "/api/me", cookies={"sc_session": r1.cookies["sc_session"]}).status_code == 401
+
+
+def test_static_assets_and_no_escape(deployment):
+    r = get(deployment, "/static/chat.js")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/javascript")
+    assert get(deployment, "/static/style.css").headers["Content-Type"].startswith("text/css")
+    for path in ["/static/..%2f..%2fusers.json", "/static/../users.json", "/static/%2e%2e/users.json",
+                 "/static/nothing.js", "/static/", "/static/..%5cusers.json"]:
+        r = get(deployment, path)
+        assert r.status_code == 404, path
+        assert "scrypt" not in r.text
+
+
+def test_security_headers_everywhere(deployment):
+    for path in ["/", "/static/login.js", "/api/me", "/healthz", "/nope"]:
+        r = get(deployment, path)
+        for h in SECURITY_HEADERS:
+            assert h in r.headers, (path, h)
+        assert "'unsafe-inline'" not in r.headers["Content-Security-Policy"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_health_and_bounded_bodies(deployment):
+    r = get(deployment, "/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["workers"] == 2
+    big = requests.post(deployment.base + "/api/login", data="x" * (64 * 1024),
+                        headers={"Content-Type": "application/json"}, verify=deployment.ca)
+    assert big.status_code == 413
+    assert requests.post(deployment.base + "/api/login", json={"username": "a" * 100, "password": "x"},
+                         verify=deployment.ca).status_code == 400

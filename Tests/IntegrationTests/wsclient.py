@@ -1,0 +1,78 @@
+"""A small TLS WebSocket client for the tests (the `websockets` library)."""
+import asyncio
+import json
+
+import websockets
+
+
+class Client:
+    def __init__(self, ws):
+        self.ws = ws
+        self.worker = ws.response.headers.get("X-SecureChat-Worker")
+        self.seen = []      # every frame read, in order
+        self.pending = []   # frames read but not yet matched by wait_for
+
+    @classmethod
+    async def connect(cls, deployment, session, origin=True, expect_welcome=True):
+        headers = {"Cookie": "sc_session=" + session.cookies["sc_session"]}
+        if origin:
+            headers["Origin"] = deployment.origin
+        ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
+                                      additional_headers=headers, max_size=2 ** 22, open_timeout=10)
+        c = cls(ws)
+        if expect_welcome:
+            c.welcome = await c.next_frame()
+            assert c.welcome["type"] == "welcome", c.welcome
+        return c
+
+    async def send(self, obj):
+        await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj))
+
+    async def next_frame(self, timeout=10):
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def wait_for(self, predicate, timeout=10):
+        """The first frame, already read or still to come, that matches; others stay pending."""
+        for i, f in enumerate(self.pending):
+            if predicate(f):
+                del self.pending[i]
+                return f
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError("no matching frame within %ss; saw %r" % (timeout, self.seen[-10:]))
+            try:
+                f = await self.next_frame(remaining)
+            except asyncio.TimeoutError:
+                raise AssertionError("no matching frame within %ss; saw %r" % (timeout, self.seen[-10:]))
+            self.seen.append(f)
+            if predicate(f):
+                return f
+            self.pending.append(f)
+
+    async def send_text(self, text, ref=None):
+        """Sends a chat message and returns the ack or error for its ref."""
+        ref = ref or "r-%d" % id(text)
+        await self.send({"type": "send", "text": text, "ref": ref})
+        return await self.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("ref") == ref)
+
+    async def closed_code(self, timeout=10):
+        try:
+            while True:
+                await asyncio.wait_for(self.ws.recv(), timeout)
+        except websockets.ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd else None
+
+    async def close(self):
+        await self.ws.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def id_key(message_id):
+    ms, seq = message_id.split("-")
+    return int(ms), int(seq)
