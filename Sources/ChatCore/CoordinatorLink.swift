@@ -53,7 +53,7 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
         switch frame {
         case let .response(id, response):
             pending.removeValue(forKey: id)?.succeed(response)
-        case .presence:
+        case .presence, .presenceSnapshot:
             onEvent(frame)
         case .request:
             context.close(promise: nil)

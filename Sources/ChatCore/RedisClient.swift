@@ -74,11 +74,13 @@ public final class RedisClient: Service, Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let commandTimeout: TimeAmount
+    private let password: String?
     private let channel = NIOLockedValueBox<Channel?>(nil)
     private let connectedHooks = NIOLockedValueBox<[@Sendable () async -> Void]>([])
 
-    public init(endpoint: Endpoint, group: EventLoopGroup, logger: Logger, commandTimeout: TimeAmount = .seconds(5)) {
+    public init(endpoint: Endpoint, password: String? = nil, group: EventLoopGroup, logger: Logger, commandTimeout: TimeAmount = .seconds(5)) {
         self.endpoint = endpoint
+        self.password = password
         self.group = group
         self.logger = logger
         self.commandTimeout = commandTimeout
@@ -117,6 +119,13 @@ public final class RedisClient: Service, Sendable {
                         ])
                     }
                     channel.withLockedValue { $0 = ch }
+                    if let password {
+                        do { try await send(["AUTH", password]) } catch {
+                            logger.error("redis refused the password", metadata: ["redis": "\(endpoint)"])
+                            ch.close(promise: nil)
+                            throw error
+                        }
+                    }
                     if wasDown { logger.info("redis reconnected", metadata: ["redis": "\(endpoint)"]) }
                     wasDown = false
                     backoff.reset()

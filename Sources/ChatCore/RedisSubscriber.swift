@@ -38,16 +38,18 @@ public final class RedisSubscriber: Service, Sendable {
     public let endpoint: Endpoint
     private let channels: [String]
     private let group: EventLoopGroup
+    private let password: String?
     private let logger: Logger
     private let onMessage: @Sendable (String, String) -> Void
     private let onState: @Sendable (Bool) -> Void
     private let current = NIOLockedValueBox<Channel?>(nil)
 
-    public init(endpoint: Endpoint, channels: [String], group: EventLoopGroup, logger: Logger,
+    public init(endpoint: Endpoint, password: String? = nil, channels: [String], group: EventLoopGroup, logger: Logger,
                 onMessage: @escaping @Sendable (String, String) -> Void,
                 onState: @escaping @Sendable (Bool) -> Void) {
         self.endpoint = endpoint
         self.channels = channels
+        self.password = password
         self.group = group
         self.logger = logger
         self.onMessage = onMessage
@@ -71,6 +73,7 @@ public final class RedisSubscriber: Service, Sendable {
                         ])
                     }
                     current.withLockedValue { $0 = ch }
+                    if let password { ch.write(["AUTH", password], promise: nil) }
                     try await ch.writeAndFlush(["SUBSCRIBE"] + channels)
                     backoff.reset()
                     try? await ch.closeFuture.get()

@@ -20,11 +20,15 @@ final class CoordinatorCore: Sendable {
     let state: NIOLockedValueBox<State>
     let logger: Logger
     let secret: String?
+    /// Presence is authoritative once every live worker has had a lease period to register.
+    let settledAt: Double
+    private let snapshotSent = NIOLockedValueBox(false)
 
     init(limits: RateLimits, leaseDuration: Double, secret: String?, logger: Logger) {
         state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration), limiter: GCRA(limits: limits)))
         self.secret = secret
         self.logger = logger
+        self.settledAt = Self.now() + leaseDuration
     }
 
     static func now() -> Double {
@@ -37,6 +41,7 @@ final class CoordinatorCore: Sendable {
         let now = Self.now()
         let linkID = ObjectIdentifier(link)
         var events: [Presence.Transition] = []
+        var snapshotFor: Channel?
         let response: CoordinatorResponse = state.withLockedValue { s in
             switch request {
             case .hello:
@@ -45,6 +50,7 @@ final class CoordinatorCore: Sendable {
                 events = s.table.register(worker: worker, address: address, connections: connections, now: now)
                 s.links[linkID] = link
                 s.workerLinks[worker] = linkID
+                if now >= settledAt { snapshotFor = link }
                 logger.info("worker registered", metadata: ["worker.id": "\(worker)", "connections": "\(connections.count)"])
                 return .ok
             case let .heartbeat(worker, _):
@@ -69,10 +75,22 @@ final class CoordinatorCore: Sendable {
                 return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
             case .status:
                 return .status(workers: s.table.liveWorkerCount, online: s.table.presence.counts.count)
+            case .listWorkers:
+                return .workers(s.table.routableWorkers(now: now))
             }
         }
         publish(events)
+        if let link = snapshotFor { sendSnapshot(to: [link]) }
         return response
+    }
+
+    /// Sends every user online to the given worker links (all of them when nil).
+    func sendSnapshot(to targets: [Channel]? = nil) {
+        let (links, online) = state.withLockedValue { (targets ?? Array($0.links.values), $0.table.presence.online) }
+        for link in links {
+            guard let buffer = try? CoordinatorCodec.encode(.presenceSnapshot(online: online), allocator: link.allocator) else { continue }
+            link.writeAndFlush(buffer, promise: nil)
+        }
     }
 
     /// Lease expiry and limiter pruning; runs on a timer.
@@ -86,6 +104,16 @@ final class CoordinatorCore: Sendable {
         }
         for id in expired { logger.warning("worker lease lapsed; dropped", metadata: ["worker.id": "\(id)"]) }
         publish(events)
+        // After a (re)start, once workers have had a lease period to re-register, presence is exact again:
+        // workers diff it against what their clients were told.
+        let firstTime = now >= settledAt && snapshotSent.withLockedValue { sent in
+            defer { sent = true }
+            return !sent
+        }
+        if firstTime {
+            logger.info("presence settled; snapshot sent to workers")
+            sendSnapshot()
+        }
     }
 
     func linkClosed(_ link: Channel) {

@@ -79,6 +79,12 @@ struct WorkerTable: Sendable {
 
     var liveWorkerCount: Int { workers.values.filter(\.routable).count }
 
+    func routableWorkers(now: Double) -> [WorkerInfo] {
+        workers.filter { $0.value.routable && $0.value.leaseExpiry >= now }
+            .map { WorkerInfo(id: $0.key, address: $0.value.address, load: $0.value.load) }
+            .sorted { $0.id < $1.id }
+    }
+
     private mutating func drop(worker id: String) -> [Presence.Transition] {
         guard let old = workers.removeValue(forKey: id) else { return [] }
         return old.connections.values.compactMap { presence.remove($0) }

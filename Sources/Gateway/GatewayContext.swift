@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Proto
+import ServiceLifecycle
 
 /// Everything the gateway's request handlers share.
 struct GatewayContext: Sendable {
@@ -18,6 +19,8 @@ struct GatewayContext: Sendable {
     let threadPool: NIOThreadPool
     let logger: Logger
     let maxBodyBytes: Int
+    let requestTimeout: TimeAmount
+    let directory: WorkerDirectory
 
     /// Origins allowed for this request: the configured ones, else `https://` + Host.
     func isAllowedOrigin(_ origin: String, host: String?) -> Bool {
@@ -69,5 +72,37 @@ final class UsersStore: Sendable {
             return false
         }
         return hash.verify(password: password)
+    }
+}
+
+/// The routable workers as last listed by the coordinator, so gateways keep
+/// handing off streams (least load first) while the coordinator is away.
+final class WorkerDirectory: Service, Sendable {
+    private let link: CoordinatorLink
+    private let cache = NIOLockedValueBox<[WorkerInfo]>([])
+    private let logger: Logger
+
+    init(link: CoordinatorLink, logger: Logger) {
+        self.link = link
+        self.logger = logger
+    }
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if case let .workers(list)? = try? await link.call(.listWorkers) {
+                cache.withLockedValue { $0 = list }
+            }
+            await sleepUnlessShuttingDown(seconds: 1)
+        }
+    }
+
+    /// A worker from the cached list, spreading picks as the list's loads would.
+    func fallback(excluding: [String]) -> WorkerInfo? {
+        cache.withLockedValue { list in
+            let candidates = list.indices.filter { !excluding.contains(list[$0].id) }
+            guard let i = candidates.min(by: { (list[$0].load, list[$0].id) < (list[$1].load, list[$1].id) }) else { return nil }
+            list[i].load += 1
+            return list[i]
+        }
     }
 }

@@ -48,8 +48,17 @@ extension GatewayHTTPHandler {
     private func connectWorker(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, excluding: [String], attemptsLeft: Int) {
         let coordinator = ctx.coordinator
         let loop = context.eventLoop
+        let directory = ctx.directory
         let routed = loop.makePromise(of: CoordinatorResponse.self)
-        routed.completeWithTask { try await coordinator.call(.route(exclude: excluding)) }
+        routed.completeWithTask {
+            do {
+                return try await coordinator.call(.route(exclude: excluding))
+            } catch {
+                // Coordinator away: route on the last list it gave us.
+                guard let w = directory.fallback(excluding: excluding) else { throw error }
+                return .route(worker: w.id, address: w.address)
+            }
+        }
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         routed.futureResult.whenComplete { result in
             let (h, context) = bound.value

@@ -21,8 +21,11 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var tooLarge = false
     private var handingOff = false
 
-    init(ctx: GatewayContext, httpHandlers: [RemovableChannelHandler]) {
+    let deadline: RequestDeadlineHandler
+
+    init(ctx: GatewayContext, deadline: RequestDeadlineHandler, httpHandlers: [RemovableChannelHandler]) {
         self.ctx = ctx
+        self.deadline = deadline
         self.httpHandlers = httpHandlers
     }
 
@@ -41,6 +44,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
         case .end:
+            deadline.requestComplete()
             guard let head else { return }
             self.head = nil
             if tooLarge {

@@ -14,7 +14,7 @@ enum GatewayMain {
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.gateway")
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
-        let port: Int, idle: Int, absolute: Int
+        let port: Int, idle: Int, absolute: Int, requestTimeout: Double
         let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let tls: NIOSSLContext
@@ -22,6 +22,7 @@ enum GatewayMain {
         let files: StaticFiles
         do {
             port = try options.int("port", default: 5001)
+            requestTimeout = try options.double("request-timeout-seconds", default: 10)
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
@@ -46,16 +47,18 @@ enum GatewayMain {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let pool = NIOThreadPool(numberOfThreads: max(1, System.coreCount))
         pool.start()
-        let redis = RedisClient(endpoint: redisEndpoint, group: group, logger: logger)
+        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
         let coordinator = CoordinatorLink(endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
+        let directory = WorkerDirectory(link: coordinator, logger: logger)
         let ctx = GatewayContext(
             sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
             redis: redis, coordinator: coordinator,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
-            users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024
+            users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024,
+            requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
-        var services: [any Service] = [redis, coordinator, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
+        var services: [any Service] = [redis, coordinator, directory, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {

@@ -39,10 +39,13 @@ struct GatewayService: Service {
                     let pipelining = HTTPServerPipelineHandler()
                     let errors = HTTPServerProtocolErrorHandler()
                     let idle = IdleStateHandler(readTimeout: .seconds(30))
+                    let deadline = RequestDeadlineHandler(limit: ctx.requestTimeout)
                     let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(idle)
                     try sync.addHandler(NIOSSLServerHandler(context: tls))
-                    try sync.addHandlers([idle, decoder, encoder, pipelining, errors])
-                    try sync.addHandler(GatewayHTTPHandler(ctx: ctx, httpHandlers: [pipelining, errors, encoder, idle, decoder]))
+                    try sync.addHandlers([deadline, decoder, encoder, pipelining, errors])
+                    try sync.addHandler(GatewayHTTPHandler(ctx: ctx, deadline: deadline,
+                                                           httpHandlers: [pipelining, errors, encoder, idle, deadline, decoder]))
                 }
             }
         let server = try await bootstrap.bind(host: host, port: port).get()

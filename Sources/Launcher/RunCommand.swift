@@ -41,22 +41,26 @@ struct RunCommand {
             }
             children.append(Child(name: "redis", executable: path, arguments: [
                 "--port", "0", "--unixsocket", redisURL, "--unixsocketperm", "700", "--dir", redisDir,
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
                 "--loglevel", "warning", "--logfile", "",
             ]))
         }
         let coordinator = options.string("coordinator", default: stateDir + "/coordinator.sock")
         var common = ["--state-dir", stateDir, "--redis-url", redisURL, "--coordinator", coordinator,
                       "--parent-pid", String(getpid()), "--log-level", options.string("log-level", default: "info")]
-        if let secret = options.string("cluster-secret") { common += ["--cluster-secret", secret] }
+        // Secrets reach the children through their environment, never their argv (which `ps` shows).
+        for name in ["cluster-secret", "redis-password"] {
+            if let v = options.string(name) { setenv(Options.environmentName(name), v, 1) }
+        }
         for name in ["session-idle-seconds", "session-max-seconds"] {
             if let v = options.string(name) { common += ["--\(name)", v] }
         }
         common += limits.arguments
-        children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: common))
+        let coordinatorArgs = common + (options.string("lease-seconds").map { ["--lease-seconds", $0] } ?? [])
+        children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs))
         for i in 1...workers {
             var args = common + ["--id", "worker-\(i)", "--listen", "\(stateDir)/worker-\(i).sock"]
-            for name in ["history", "history-max", "max-queued-frames"] {
+            for name in ["history", "history-max", "max-queued-frames", "ping-seconds"] {
                 if let v = options.string(name) { args += ["--\(name)", v] }
             }
             children.append(Child(name: "worker-\(i)", executable: bin + "/securechat-worker", arguments: args))
@@ -65,6 +69,7 @@ struct RunCommand {
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
                                     "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
         if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
+        if let t = options.string("request-timeout-seconds") { gatewayArgs += ["--request-timeout-seconds", t] }
         let gateways = try options.int("gateways", default: 1)
         for i in 1...max(1, gateways) {
             children.append(Child(name: gateways > 1 ? "gateway-\(i)" : "gateway", executable: bin + "/securechat-gateway", arguments: gatewayArgs))

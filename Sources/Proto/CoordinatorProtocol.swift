@@ -20,6 +20,18 @@ public struct ConnectionInfo: Codable, Hashable, Sendable {
     }
 }
 
+/// A worker as gateways see it.
+public struct WorkerInfo: Codable, Hashable, Sendable {
+    public var id: String
+    public var address: String
+    public var load: Int
+    public init(id: String, address: String, load: Int) {
+        self.id = id
+        self.address = address
+        self.load = load
+    }
+}
+
 /// A request to the coordinator (from a worker or a gateway).
 public enum CoordinatorRequest: Codable, Equatable, Sendable {
     /// First frame of every link when a cluster secret is configured.
@@ -38,6 +50,8 @@ public enum CoordinatorRequest: Codable, Equatable, Sendable {
     case rateCheck(kind: RateLimitKind, key: String, consume: Bool)
     /// Live workers and online users, for health checks.
     case status
+    /// Every routable worker, for gateways to route on their own while the coordinator is away.
+    case listWorkers
 }
 
 /// The coordinator's answer to one request.
@@ -52,6 +66,7 @@ public enum CoordinatorResponse: Codable, Equatable, Sendable {
     case noWorker
     case rate(allowed: Bool, retryAfterMs: Int)
     case status(workers: Int, online: Int)
+    case workers([WorkerInfo])
     case failure(String)
 }
 
@@ -61,4 +76,7 @@ public enum CoordinatorFrame: Codable, Equatable, Sendable {
     case response(id: UInt64, CoordinatorResponse)
     /// Pushed to every registered worker: a user's first connection opened or last closed.
     case presence(user: String, online: Bool)
+    /// Pushed once the coordinator's view is complete again (after its start, and to a worker
+    /// that registers later): every user online. Workers tell their clients what changed.
+    case presenceSnapshot(online: [String])
 }

@@ -13,6 +13,7 @@ struct WorkerContext: Sendable {
     let coordinator: CoordinatorLink
     let logger: Logger
     let maxQueuedFrames: Int
+    let pingInterval: TimeAmount
 }
 
 /// One client's WebSocket after the upgrade: validates every frame, runs them
@@ -35,7 +36,10 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     private var beforeWelcome: [String] = []
     /// The greatest message id sent on this connection.
     private var lastSent = MessageID.zero
-    private var queuedFrames = 0
+    /// Frames waiting for the socket to become writable; bounded by `maxQueuedFrames`.
+    private var outgoing = CircularBuffer<WebSocketFrame>()
+    private var lastInbound = NIODeadline.now()
+    private var pingTask: RepeatedTask?
     private var closing = false
     private var fragments: ByteBuffer?
     private var continuation: AsyncStream<String>.Continuation?
@@ -52,6 +56,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        keepalive(context: context)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         ctx.hub.add(Hub.Entry(info: info, sessionHash: sessionHash, handler: loopBound, eventLoop: context.eventLoop))
         let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .unbounded)
@@ -68,11 +73,14 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        pingTask?.cancel()
         continuation?.finish()
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        outgoing.removeAll()
         continuation?.finish()
         ctx.hub.remove(info.id)
         let ctx = self.ctx, info = self.info
@@ -83,6 +91,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        lastInbound = .now()
         guard !closing else { return }
         if frame.maskKey == nil {
             closeWith(code: 1002)
@@ -156,18 +165,52 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         sendJSON(json)
     }
 
+    /// Writes now while the socket keeps up; otherwise queues, up to the bound.
+    /// A client that lets the queue overflow is closed with 4008: what it has not
+    /// read is dropped, and it reconnects and `sync`s.
     private func send(_ bytes: ByteBuffer) {
         guard let context, !closing else { return }
-        guard queuedFrames < ctx.maxQueuedFrames else {
-            logger.info("client too slow; closing", metadata: ["queued": "\(queuedFrames)"])
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: bytes)
+        if outgoing.isEmpty && context.channel.isWritable {
+            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+            return
+        }
+        guard outgoing.count < ctx.maxQueuedFrames else {
+            logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)"])
+            outgoing.removeAll()
             closeWith(code: 4008)
             return
         }
-        queuedFrames += 1
-        let promise = context.eventLoop.makePromise(of: Void.self)
+        outgoing.append(frame)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        var wrote = false
+        while context.channel.isWritable, let frame = outgoing.popFirst() {
+            context.write(wrapOutboundOut(frame), promise: nil)
+            wrote = true
+        }
+        if wrote { context.flush() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Keepalive: a ping every interval; a peer silent for two intervals is gone (half-open) and is closed.
+    private func keepalive(context: ChannelHandlerContext) {
+        let interval = ctx.pingInterval
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        promise.futureResult.whenComplete { _ in loopBound.value.queuedFrames -= 1 }
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: bytes)), promise: promise)
+        pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let h = loopBound.value
+            guard let context = h.context, !h.closing else { return }
+            if NIODeadline.now() - h.lastInbound > interval * 2 {
+                h.logger.info("no answer to pings; closing")
+                context.close(promise: nil)
+                return
+            }
+            var data = context.channel.allocator.buffer(capacity: 8)
+            data.writeInteger(UInt64(NIODeadline.now().uptimeNanoseconds))
+            context.writeAndFlush(h.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+        }
     }
 
     func deliverLive(_ frame: SharedFrame) {
@@ -215,9 +258,9 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(code)))
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
         context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
-        // Do not wait forever for a peer that no longer reads.
+        // Do not wait forever for a peer that no longer reads; a slow one gets time to read its 4008.
         let channel = context.channel
-        context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        context.eventLoop.scheduleTask(in: code == 4008 ? .seconds(10) : .seconds(2)) { channel.close(promise: nil) }
     }
 }
 

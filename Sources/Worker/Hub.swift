@@ -6,6 +6,10 @@ import Proto
 /// The worker's local connections and its fan-out: one Redis subscription for
 /// the worker, each message encoded once and handed to every connection on
 /// its own event loop.
+///
+/// While the subscription is down (and until the gap is filled from the room
+/// stream after it comes back) live messages wait here, so connections see
+/// every message once and in id order.
 final class Hub: Sendable {
     struct Entry: Sendable {
         let info: ConnectionInfo
@@ -14,7 +18,24 @@ final class Hub: Sendable {
         let eventLoop: EventLoop
     }
 
+    private struct Relay {
+        var lastRelayed: MessageID?
+        var filling = true
+        var waiting: [ChatMessage] = []
+        /// Who clients were last told is online (for diffs against coordinator snapshots).
+        var knownOnline: Set<String> = []
+        /// Bumped at every subscription loss; a gap fill from an older one is void.
+        var epoch = 0
+    }
+
     private let entries = NIOLockedValueBox<[String: Entry]>([:])
+    private let relay = NIOLockedValueBox(Relay())
+    private let drained = NIOLockedValueBox<Set<String>>([])
+    private let maxWaiting: Int
+
+    init(maxWaiting: Int = 100_000) {
+        self.maxWaiting = maxWaiting
+    }
 
     func add(_ entry: Entry) {
         entries.withLockedValue { $0[entry.info.id] = entry }
@@ -38,11 +59,79 @@ final class Hub: Sendable {
 
     /// A message published on a room's channel.
     func deliver(_ message: ChatMessage) {
+        let live = relay.withLockedValue { r -> Bool in
+            if r.filling {
+                if r.waiting.count < maxWaiting { r.waiting.append(message) }
+                return false
+            }
+            if let last = r.lastRelayed, message.id <= last { return false }
+            r.lastRelayed = message.id
+            return true
+        }
+        if live { fanOut(message) }
+    }
+
+    private func fanOut(_ message: ChatMessage) {
         let frame = SharedFrame(message: message)
         forEach { $0.deliverLive(frame) }
     }
 
+    /// The subscription is gone: hold live messages until the gap is filled.
+    func subscriptionLost() {
+        relay.withLockedValue {
+            $0.filling = true
+            $0.epoch += 1
+        }
+    }
+
+    /// Where a gap fill starts (the last id relayed, nil before the first subscription) and its epoch.
+    var gapFillStart: (after: MessageID?, epoch: Int) { relay.withLockedValue { ($0.lastRelayed, $0.epoch) } }
+
+    /// Relays the messages missed while unsubscribed (in order), then what waited, and goes live.
+    /// `initial` (the first subscription) relays nothing older than `startingAfter`.
+    /// Returns false when the subscription was lost again meanwhile (nothing is relayed then).
+    @discardableResult
+    func finishGapFill(missed: [ChatMessage], startingAfter start: MessageID?, epoch: Int) -> Bool {
+        let toSend = relay.withLockedValue { r -> [ChatMessage]? in
+            guard r.epoch == epoch else { return nil }
+            if r.lastRelayed == nil { r.lastRelayed = start }
+            var out: [ChatMessage] = []
+            for m in missed + r.waiting where r.lastRelayed.map({ m.id > $0 }) ?? true {
+                out.append(m)
+                r.lastRelayed = m.id
+            }
+            r.waiting = []
+            r.filling = false
+            return out
+        }
+        guard let toSend else { return false }
+        for m in toSend { fanOut(m) }
+        return true
+    }
+
+    var isLive: Bool { relay.withLockedValue { !$0.filling } }
+
+    // MARK: presence
+
     func presence(user: String, online: Bool) {
+        relay.withLockedValue { r in
+            if online { r.knownOnline.insert(user) } else { r.knownOnline.remove(user) }
+        }
+        sendPresence(user: user, online: online)
+    }
+
+    /// The coordinator's authoritative list (after it restarted): tell clients what changed.
+    func presenceSnapshot(_ online: [String]) {
+        let now = Set(online)
+        let (gone, came) = relay.withLockedValue { r -> (Set<String>, Set<String>) in
+            defer { r.knownOnline = now }
+            return (r.knownOnline.subtracting(now), now.subtracting(r.knownOnline))
+        }
+        for u in gone.sorted() { sendPresence(user: u, online: false) }
+        for u in came.sorted() { sendPresence(user: u, online: true) }
+    }
+
+    private func sendPresence(user: String, online: Bool) {
         let json = ServerFrame.presence(user: user, online: online).json
         forEach { $0.sendEvent(json) }
     }
@@ -51,8 +140,11 @@ final class Hub: Sendable {
         forEach(where: { $0.sessionHash == hash }) { $0.closeWith(code: code) }
     }
 
-    func closeAll(code: UInt16, limit: Int) -> Int {
-        let targets = entries.withLockedValue { Array($0.values.prefix(limit)) }
+    /// Closes up to `limit` connections not yet asked to close; returns how many it asked.
+    func closeSome(code: UInt16, limit: Int) -> Int {
+        let asked = drained.withLockedValue { $0 }
+        let targets = entries.withLockedValue { e in Array(e.values.filter { !asked.contains($0.info.id) }.prefix(limit)) }
+        drained.withLockedValue { d in for t in targets { d.insert(t.info.id) } }
         for t in targets {
             let handler = t.handler
             t.eventLoop.execute { handler.value.closeWith(code: code) }

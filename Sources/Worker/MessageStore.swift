@@ -49,6 +49,12 @@ struct MessageStore: Sendable {
         try await redis.send(["GET", Self.refKey(user: user, ref: ref)]).string.flatMap(MessageID.init)
     }
 
+    /// The newest id in the room's stream, if any.
+    func lastID(room: String) async throws -> MessageID? {
+        let reply = try await redis.send(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", "1"])
+        return Self.messages(from: reply, room: room).first?.id
+    }
+
     /// The room's most recent messages, oldest first.
     func recent(room: String) async throws -> [ChatMessage] {
         let reply = try await redis.send(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", String(historyCount)])

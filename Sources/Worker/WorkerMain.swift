@@ -16,7 +16,7 @@ enum WorkerMain {
         let workerID = options.string("id", default: "worker-\(getpid())")
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
-        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int
+        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, pingSeconds: Double
         do {
             listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
@@ -27,6 +27,8 @@ enum WorkerMain {
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             maxQueued = try options.int("max-queued-frames", default: 1024)
+            pingSeconds = try options.double("ping-seconds", default: 30)
+            guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
                 throw Options.Invalid("--history must be 1...1000 and no more than --history-max")
             }
@@ -39,25 +41,31 @@ enum WorkerMain {
         let logger = log
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let redis = RedisClient(endpoint: redisEndpoint, group: group, logger: logger)
+        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
         let hub = Hub()
         let readiness = WorkerReadiness()
         let coordinator = CoordinatorLink(
             endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
             onEvent: { frame in
-                if case let .presence(user, online) = frame { hub.presence(user: user, online: online) }
+                switch frame {
+                case let .presence(user, online): hub.presence(user: user, online: online)
+                case let .presenceSnapshot(online): hub.presenceSnapshot(online)
+                default: break
+                }
             },
             onConnect: { _ in readiness.linkReconnected() }
         )
+        let store = MessageStore(redis: redis, streamMax: streamMax, historyCount: historyCount)
         let ctx = WorkerContext(
             workerID: workerID, hub: hub,
-            store: MessageStore(redis: redis, streamMax: streamMax, historyCount: historyCount),
+            store: store,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
-            coordinator: coordinator, logger: logger, maxQueuedFrames: maxQueued
+            coordinator: coordinator, logger: logger, maxQueuedFrames: maxQueued,
+            pingInterval: .milliseconds(Int64(pingSeconds * 1000))
         )
         let roomChannel = MessageStore.channel(ChatLimits.lobby)
         let subscriber = RedisSubscriber(
-            endpoint: redisEndpoint, channels: [roomChannel, SessionStore.logoutChannel], group: group, logger: logger,
+            endpoint: redisEndpoint, password: options.string("redis-password"), channels: [roomChannel, SessionStore.logoutChannel], group: group, logger: logger,
             onMessage: { channel, payload in
                 if channel == roomChannel {
                     if let m = ChatMessage(relayPayload: payload, room: ChatLimits.lobby) { hub.deliver(m) }
@@ -66,8 +74,12 @@ enum WorkerMain {
                 }
             },
             onState: { up in
-                readiness.setSubscribed(up)
-                if up { logger.debug("subscribed to redis") }
+                if up {
+                    Task { await GapFill.run(hub: hub, store: store, readiness: readiness, logger: logger) }
+                } else {
+                    hub.subscriptionLost()
+                    readiness.setReady(false)
+                }
             }
         )
         let sessions = SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute)
@@ -75,7 +87,7 @@ enum WorkerMain {
         var services: [any Service] = [
             redis, subscriber, coordinator,
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
-            WorkerService(listen: listen, advertise: advertise, ctx: ctx, sessions: sessions, group: group, logger: logger, drainBatch: 50),
+            WorkerService(listen: listen, advertise: advertise, ctx: ctx, sessions: sessions, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -16,18 +16,27 @@ struct UpgradeState: Sendable {
     var refusal: HTTPResponseStatus = .unauthorized
 }
 
-/// Answers requests that did not become WebSocket streams.
+/// Answers requests that did not become WebSocket streams, and the worker's
+/// own `GET /healthz` (200 while subscribed to Redis, 503 otherwise).
 final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     let state: NIOLockedValueBox<UpgradeState>
+    let health: @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int)
 
-    init(state: NIOLockedValueBox<UpgradeState>) {
+    init(state: NIOLockedValueBox<UpgradeState>, health: @escaping @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int)) {
         self.state = state
+        self.health = health
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case let .head(head) = unwrapInboundIn(data) else { return }
+        if head.method == .GET && head.uri == "/healthz" {
+            let h = health()
+            let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections)}"
+            respond(context, h.subscribed ? .ok : .serviceUnavailable, body)
+            return
+        }
         let isUpgrade = head.headers["upgrade"].contains { $0.lowercased() == "websocket" }
         let status: HTTPResponseStatus = isUpgrade ? state.withLockedValue { $0.refusal } : .badRequest
         let error: String
@@ -36,7 +45,11 @@ final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandle
         case .serviceUnavailable: error = "unavailable"
         default: error = "bad_request"
         }
-        let body = ByteBuffer(string: "{\"ok\":false,\"error\":\"\(error)\"}")
+        respond(context, status, "{\"ok\":false,\"error\":\"\(error)\"}")
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ json: String) {
+        let body = ByteBuffer(string: json)
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(body.readableBytes))
@@ -53,17 +66,19 @@ struct WorkerService: Service {
     let advertise: String
     let ctx: WorkerContext
     let sessions: SessionStore
+    let readiness: WorkerReadiness
     let group: EventLoopGroup
     let logger: Logger
     let drainBatch: Int
 
     func run() async throws {
-        let ctx = self.ctx, sessions = self.sessions, workerID = ctx.workerID
+        let ctx = self.ctx, sessions = self.sessions, workerID = ctx.workerID, readiness = self.readiness
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in
                 let state = NIOLockedValueBox(UpgradeState())
-                let refused = NIOLoopBound(RefusedUpgradeHandler(state: state), eventLoop: channel.eventLoop)
+                let refused = NIOLoopBound(RefusedUpgradeHandler(state: state, health: { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count) }),
+                                           eventLoop: channel.eventLoop)
                 let upgrader = NIOWebSocketServerUpgrader(
                     maxFrameSize: ChatLimits.maxFrameBytes,
                     automaticErrorHandling: true,
@@ -125,7 +140,7 @@ struct WorkerService: Service {
         try? await server.close()
         let deadline = ContinuousClock.now + .seconds(10)
         while ctx.hub.count > 0 && ContinuousClock.now < deadline {
-            _ = ctx.hub.closeAll(code: 1012, limit: drainBatch)
+            _ = ctx.hub.closeSome(code: 1012, limit: drainBatch)
             try? await Task.sleep(for: .milliseconds(50))
         }
         logger.info("worker drained")
@@ -133,32 +148,54 @@ struct WorkerService: Service {
 }
 
 /// Whether this worker may take streams: it registers with the coordinator only
-/// while its Redis subscription is live, so no client lands where messages do not arrive.
+/// once its Redis subscription is live (and any gap filled), and asks to be left
+/// out of routing while it is not, keeping its lease and presence meanwhile.
 final class WorkerReadiness: Sendable {
-    private let state = NIOLockedValueBox((subscribed: false, registered: false))
+    private struct State {
+        var ready = false
+        var registered = false
+        var routable = false
+    }
 
-    var subscribed: Bool { state.withLockedValue { $0.subscribed } }
+    enum Step: Equatable { case register, unroute, heartbeat, wait }
 
-    func setSubscribed(_ up: Bool) {
-        state.withLockedValue { $0.subscribed = up }
+    private let state = NIOLockedValueBox(State())
+
+    var ready: Bool { state.withLockedValue { $0.ready } }
+
+    func setReady(_ up: Bool) {
+        state.withLockedValue { $0.ready = up }
     }
 
     /// After a (re)connection to the coordinator the registration must be sent again.
     func linkReconnected() {
-        state.withLockedValue { $0.registered = false }
-    }
-
-    /// True once when a registration is due.
-    func takeRegistrationDue() -> Bool {
-        state.withLockedValue { s in
-            guard s.subscribed && !s.registered else { return false }
-            s.registered = true
-            return true
+        state.withLockedValue {
+            $0.registered = false
+            $0.routable = false
         }
     }
 
-    func registrationFailed() {
-        state.withLockedValue { $0.registered = false }
+    /// What to tell the coordinator next; assumes it succeeds (call `failed()` if not).
+    func nextStep() -> Step {
+        state.withLockedValue { s in
+            if s.ready && (!s.registered || !s.routable) {
+                s.registered = true
+                s.routable = true
+                return .register
+            }
+            if !s.ready && s.registered && s.routable {
+                s.routable = false
+                return .unroute
+            }
+            return s.registered ? .heartbeat : .wait
+        }
+    }
+
+    func failed() {
+        state.withLockedValue {
+            $0.registered = false
+            $0.routable = false
+        }
     }
 }
 
@@ -173,18 +210,24 @@ struct HeartbeatService: Service {
         var lastBeat = ContinuousClock.now - .seconds(10)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             if ctx.coordinator.isConnected {
-                if readiness.takeRegistrationDue() {
+                switch readiness.nextStep() {
+                case .register:
                     let r = try? await ctx.coordinator.call(.register(worker: ctx.workerID, address: advertise, connections: ctx.hub.connections))
                     if r == .ok {
                         ctx.logger.info("registered with the coordinator", metadata: ["connections": "\(ctx.hub.count)"])
                     } else {
-                        readiness.registrationFailed()
+                        readiness.failed()
                     }
                     lastBeat = ContinuousClock.now
-                } else if ContinuousClock.now - lastBeat >= .seconds(1) {
+                case .unroute:
+                    ctx.logger.warning("not ready (redis subscription down); asked to be left out of routing")
+                    if (try? await ctx.coordinator.call(.unregister(worker: ctx.workerID))) != .ok { readiness.failed() }
+                case .heartbeat where ContinuousClock.now - lastBeat >= .seconds(1):
                     lastBeat = ContinuousClock.now
                     let r = try? await ctx.coordinator.call(.heartbeat(worker: ctx.workerID, connectionCount: ctx.hub.count))
-                    if r == .unknownWorker { readiness.registrationFailed() }
+                    if r == .unknownWorker { readiness.failed() }
+                case .heartbeat, .wait:
+                    break
                 }
             }
             try? await Task.sleep(for: .milliseconds(50))
