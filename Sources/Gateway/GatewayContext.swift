@@ -21,6 +21,7 @@ struct GatewayContext: Sendable {
     let maxBodyBytes: Int
     let requestTimeout: TimeAmount
     let directory: WorkerDirectory
+    let connections: ConnectionRegistry
 
     /// Origins allowed for this request: the configured ones, else `https://` + Host.
     func isAllowedOrigin(_ origin: String, host: String?) -> Bool {
@@ -92,9 +93,11 @@ final class WorkerDirectory: Service, Sendable {
             if case let .workers(list)? = try? await link.call(.listWorkers) {
                 cache.withLockedValue { $0 = list }
             }
-            await sleepUnlessShuttingDown(seconds: 1)
+            await sleepUnlessShuttingDown(seconds: count == 0 ? 0.1 : 1)
         }
     }
+
+    var count: Int { cache.withLockedValue { $0.count } }
 
     /// A worker from the cached list, spreading picks as the list's loads would.
     func fallback(excluding: [String]) -> WorkerInfo? {
@@ -104,5 +107,31 @@ final class WorkerDirectory: Service, Sendable {
             list[i].load += 1
             return list[i]
         }
+    }
+}
+
+/// Client connections of this gateway, so a shutdown can close idle HTTP ones
+/// at once and wait for spliced WebSocket streams to be drained by their workers.
+final class ConnectionRegistry: Sendable {
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: (channel: Channel, spliced: Bool)]>([:])
+
+    func add(_ channel: Channel) {
+        let id = ObjectIdentifier(channel)
+        channels.withLockedValue { $0[id] = (channel, false) }
+        channel.closeFuture.whenComplete { _ in _ = self.channels.withLockedValue { $0.removeValue(forKey: id) } }
+    }
+
+    func markSpliced(_ channel: Channel) {
+        channels.withLockedValue { $0[ObjectIdentifier(channel)]?.spliced = true }
+    }
+
+    var count: Int { channels.withLockedValue { $0.count } }
+
+    func closeIdle() {
+        for c in channels.withLockedValue({ $0.values.filter { !$0.spliced } }) { c.channel.close(promise: nil) }
+    }
+
+    func closeAll() {
+        for c in channels.withLockedValue({ Array($0.values) }) { c.channel.close(promise: nil) }
     }
 }

@@ -110,6 +110,7 @@ extension GatewayHTTPHandler {
         workerChannel.writeAndFlush(ByteBuffer(string: request), promise: nil)
 
         markHandingOff()
+        ctx.connections.markSpliced(context.channel)
         let pipeline = context.pipeline.syncOperations
         do {
             try pipeline.addHandler(glue)

@@ -276,7 +276,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if !coordinatorOK { down.append("coordinator") }
             if workers == 0 { down.append("workers") }
             h.respondJSON(context, ok ? .ok : .serviceUnavailable,
-                          ["status": ok ? "ok" : "degraded", "redis": redisOK, "coordinator": coordinatorOK, "workers": workers, "down": down])
+                          ["status": ok ? "ok" : "degraded", "redis": redisOK, "coordinator": coordinatorOK, "workers": workers, "down": down,
+                           "workers_cached": h.ctx.directory.count])
         }
     }
 

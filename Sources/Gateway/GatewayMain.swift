@@ -55,7 +55,8 @@ enum GatewayMain {
             redis: redis, coordinator: coordinator,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024,
-            requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory
+            requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory,
+            connections: ConnectionRegistry()
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
         var services: [any Service] = [redis, coordinator, directory, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]

@@ -32,7 +32,8 @@ struct GatewayService: Service {
             .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                ctx.connections.add(channel)
+                return channel.eventLoop.makeCompletedFuture {
                     let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
                                                                           limitConfiguration: Self.decoderLimits))
                     let encoder = HTTPResponseEncoder()
@@ -51,7 +52,16 @@ struct GatewayService: Service {
         let server = try await bootstrap.bind(host: host, port: port).get()
         logger.info("gateway listening", metadata: ["address": "https://\(host):\(server.localAddress?.port ?? port)"])
         try? await gracefulShutdown()
+        // Stop accepting; idle HTTP connections go now; WebSocket streams are closed by
+        // their draining workers (1012), which we wait for up to a bound.
         try? await server.close()
+        ctx.connections.closeIdle()
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ctx.connections.count > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+            ctx.connections.closeIdle()
+        }
+        ctx.connections.closeAll()
         logger.info("gateway stopped")
     }
 }

@@ -34,8 +34,16 @@ final class GlueHandler: ChannelDuplexHandler {
         context?.close(mode: .output, promise: nil)
     }
 
+    /// The other side is gone: deliver what is already queued for this side (a worker's
+    /// last frames and its close code), then close; a peer that does not read gets 10 s.
     private func partnerCloseFull() {
-        context?.close(promise: nil)
+        guard let context, context.channel.isActive else { return }
+        let channel = context.channel
+        let force = context.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in
+            force.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     private func partnerBecameWritable() {

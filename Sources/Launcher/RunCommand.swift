@@ -97,12 +97,12 @@ struct RunCommand {
         logger.info("shutting down", metadata: ["signal": "\(signal.map { "\($0)" } ?? "?")"])
         supervisor.cancel()
         _ = await supervisor.value
-        // Front to back: gateways stop accepting, workers drain (1012), then the control plane and Redis.
+        // Gateways stop accepting while workers drain (1012 through the still-open splices);
+        // then the control plane and Redis.
         await withTaskGroup(of: Void.self) { g in
-            for c in children where c.name.hasPrefix("gateway") { g.addTask { await c.stop(within: 5) } }
-        }
-        await withTaskGroup(of: Void.self) { g in
-            for c in children where c.name.hasPrefix("worker") { g.addTask { await c.stop(within: 12) } }
+            for c in children where c.name.hasPrefix("gateway") || c.name.hasPrefix("worker") {
+                g.addTask { await c.stop(within: 20) }
+            }
         }
         for c in children where c.name == "coordinator" { await c.stop(within: 5) }
         for c in children where c.name == "redis" { await c.stop(within: 10) }

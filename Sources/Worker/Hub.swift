@@ -57,18 +57,18 @@ final class Hub: Sendable {
         }
     }
 
-    /// A message published on a room's channel.
+    /// A message published on a room's channel. Fan-out happens under the relay
+    /// lock so that a gap fill and live relay can never interleave out of order.
     func deliver(_ message: ChatMessage) {
-        let live = relay.withLockedValue { r -> Bool in
+        relay.withLockedValue { r in
             if r.filling {
                 if r.waiting.count < maxWaiting { r.waiting.append(message) }
-                return false
+                return
             }
-            if let last = r.lastRelayed, message.id <= last { return false }
+            if let last = r.lastRelayed, message.id <= last { return }
             r.lastRelayed = message.id
-            return true
+            fanOut(message)
         }
-        if live { fanOut(message) }
     }
 
     private func fanOut(_ message: ChatMessage) {
@@ -92,21 +92,17 @@ final class Hub: Sendable {
     /// Returns false when the subscription was lost again meanwhile (nothing is relayed then).
     @discardableResult
     func finishGapFill(missed: [ChatMessage], startingAfter start: MessageID?, epoch: Int) -> Bool {
-        let toSend = relay.withLockedValue { r -> [ChatMessage]? in
-            guard r.epoch == epoch else { return nil }
+        relay.withLockedValue { r -> Bool in
+            guard r.epoch == epoch else { return false }
             if r.lastRelayed == nil { r.lastRelayed = start }
-            var out: [ChatMessage] = []
             for m in missed + r.waiting where r.lastRelayed.map({ m.id > $0 }) ?? true {
-                out.append(m)
                 r.lastRelayed = m.id
+                fanOut(m)
             }
             r.waiting = []
             r.filling = false
-            return out
+            return true
         }
-        guard let toSend else { return false }
-        for m in toSend { fanOut(m) }
-        return true
     }
 
     var isLive: Bool { relay.withLockedValue { !$0.filling } }

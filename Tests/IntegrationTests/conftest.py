@@ -95,6 +95,52 @@ class Deployment:
         assert r.status_code == 200, r.text
         return s
 
+    def pid_of(self, child):
+        """The pid of a child of this deployment: 'worker-1', 'coordinator', 'gateway' or 'redis'."""
+        pattern = {
+            "coordinator": "securechat-coordinator .*--state-dir %s " % self.state,
+            "gateway": "securechat-gateway .*--state-dir %s " % self.state,
+            "redis": "redis-server unixsocket:%s/redis.sock" % self.state,
+        }.get(child, "securechat-worker .*--listen %s/%s.sock" % (self.state, child))
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        pids = [int(p) for p in out if int(p) != os.getpid()]
+        return pids[0] if len(pids) == 1 else None
+
+    def kill(self, child, sig=signal.SIGKILL):
+        pid = self.pid_of(child)
+        assert pid, "no process for " + child
+        os.kill(pid, sig)
+        return pid
+
+    def pause_launcher(self):
+        """Stops the launcher from restarting children, so a test controls how long an outage lasts."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume_launcher(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def worker_health(self, worker):
+        """GET /healthz on a worker's own socket: (status code, body)."""
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        try:
+            s.connect(os.path.join(self.state, worker + ".sock"))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: worker\r\n\r\n")
+            data = b""
+            while b"}" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        head, _, body = data.decode().partition("\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    def log_text(self):
+        self.log.flush()
+        return open(self.log_path).read()
+
     def redis(self, *args):
         out = subprocess.run(["redis-cli", "-s", os.path.join(self.state, "redis.sock"), "--raw"] + list(args),
                              capture_output=True, text=True, check=True)
@@ -102,6 +148,7 @@ class Deployment:
 
     def stop(self):
         if self.proc.poll() is None:
+            self.resume_launcher()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
@@ -122,3 +169,18 @@ def deployment(users_file):
     d = Deployment(users_file)
     yield d
     d.stop()
+
+
+@pytest.fixture
+def make_deployment(users_file):
+    """For tests that need other flags: make_deployment(workers=3, extra_args=[...])."""
+    made = []
+
+    def make(**kw):
+        d = Deployment(users_file, **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()

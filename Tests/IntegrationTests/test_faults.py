@@ -1,0 +1,324 @@
+"""Failure is normal: faults injected into real processes, with outcomes asserted."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import time
+
+import requests
+import websockets
+
+from conftest import wait_until
+from resilient import ResilientClient, wait_until as await_until
+from wsclient import Client, id_key, run
+
+# Senders here go faster than the default per-user limit.
+FAST = ["--msg-burst", "1000", "--msg-per-second", "1000"]
+
+
+def test_worker_killed_under_load_loses_and_repeats_nothing(make_deployment):
+    d = make_deployment(extra_args=FAST)
+    senders = [ResilientClient(d, d.login(n), n) for n in ("alice", "bob", "carol")]
+    receivers = [ResilientClient(d, d.login("dave"), "dave-%d" % i) for i in range(4)]
+    victim_pid = d.pid_of("worker-1")
+
+    async def scenario():
+        clients = senders + receivers
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        await await_until(lambda: all(c.live.is_set() for c in clients), 10, "all clients live")
+        on_victim = [c for c in clients if c.workers[-1] == "worker-1"]
+        assert on_victim, "nobody landed on worker-1"
+
+        async def traffic(c):
+            for i in range(40):
+                await c.send("%s says %d" % (c.name, i))
+                await asyncio.sleep(0.025)
+        load = [asyncio.create_task(traffic(s)) for s in senders]
+        await asyncio.sleep(0.3)
+        d.kill("worker-1")
+        await asyncio.gather(*load)
+        await await_until(lambda: all(not s.pending for s in senders), 20, "every send acknowledged")
+        acked = sorted({i for s in senders for i in s.acked.values()}, key=id_key)
+        assert len(acked) == 120
+        await await_until(lambda: all(set(r.shown) >= set(acked) for r in clients), 20, "every client has every message")
+        for c in clients:
+            mine = [i for i in c.shown if i in set(acked)]
+            assert mine == acked, c.name            # no gap, nothing twice, in order
+            assert len(c.shown) == len(set(c.shown))
+        for c in on_victim:
+            assert len(c.workers) >= 2               # it reconnected after the kill
+        for c in clients:
+            c.stop = True
+            if c.ws:
+                await c.ws.close()
+        for t in tasks:
+            t.cancel()
+
+    run(scenario())
+    # The launcher restarted the worker; the coordinator routes to both again.
+    wait_until(lambda: d.pid_of("worker-1") not in (None, victim_pid), 15, what="worker-1 restarted")
+    wait_until(d.healthy, 15, what="two workers live again")
+
+
+def test_lost_subscription_is_refilled_from_the_stream(make_deployment):
+    d = make_deployment(extra_args=FAST)
+    alice, bob = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        b = await Client.connect(d, bob)
+        ids, statuses = [], set()
+        for i in range(20):
+            # Cut every worker's subscription again and again while messages flow.
+            d.redis("CLIENT", "KILL", "TYPE", "pubsub")
+            statuses.add(d.worker_health(b.worker)[0])
+            ids.append((await a.send_text("during outage %d" % i, ref="g%d" % i))["id"])
+            statuses.add(d.worker_health(b.worker)[0])
+        got = []
+        while len(got) < len(ids):
+            f = await b.wait_for(lambda f: f["type"] == "message", timeout=10)
+            got.append(f["id"])
+        assert got == ids                               # every one, once, in order, without a sync
+        assert 503 in statuses                          # the health check showed the outage
+        wait_until(lambda: d.worker_health(b.worker)[0] == 200, 10, what="worker healthy again")
+        status, body = d.worker_health(b.worker)
+        assert body["subscribed"] is True
+        await a.close()
+        await b.close()
+
+    run(scenario())
+    assert "relayed messages missed while unsubscribed" in d.log_text()
+
+
+def test_coordinator_restart_keeps_chat_and_restores_presence(make_deployment):
+    d = make_deployment()
+    alice, bob, carol = d.login("alice"), d.login("bob"), d.login("carol")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        b = await Client.connect(d, bob)
+        online = set(a.welcome["online"])
+
+        def track(f):
+            if f["type"] == "presence":
+                (online.add if f["online"] else online.discard)(f["user"])
+            return False
+
+        # The gateway has the worker list it routes on while the coordinator is away.
+        wait_until(lambda: requests.get(d.base + "/healthz", verify=d.ca).json()["workers_cached"] == 2, 5,
+                   what="gateway's worker list")
+        d.pause_launcher()
+        d.kill("coordinator")
+        # Meanwhile chat goes on: sends are limited locally, new streams still find a worker.
+        ack = await a.send_text("while the coordinator is away", ref="away")
+        assert ack["type"] == "ack"
+        c = await Client.connect(d, carol)
+        await b.close()
+        start = time.monotonic()
+        d.resume_launcher()
+        deadline = time.monotonic() + 10
+        while online != {"alice", "carol"} and time.monotonic() < deadline:
+            try:
+                await a.wait_for(track, timeout=0.2)
+            except AssertionError:
+                pass
+        assert online == {"alice", "carol"}, online
+        converged = time.monotonic() - start
+        assert converged < 10
+        await a.close()
+        await c.close()
+
+    run(scenario())
+    log = d.log_text()
+    fallbacks = log.count("rate limits decided locally")
+    assert 1 <= fallbacks <= 3   # logged once per process that fell back
+    assert "presence settled; snapshot sent to workers" in log
+
+
+def test_redis_restart_gives_clear_errors_then_everything_is_back(make_deployment):
+    d = make_deployment()
+    alice = d.login("alice")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        before = await a.send_text("before the outage", ref="pre")
+        assert before["type"] == "ack"
+        d.pause_launcher()
+        d.kill("redis")
+        # Sends and logins get a clear temporary error; nothing crashes.
+        err = await a.send_text("during the outage", ref="during")
+        assert err["type"] == "error" and err["code"] == "unavailable" and err["retry_after_ms"] > 0
+        r = requests.post(d.base + "/api/login", json={"username": "bob", "password": "pw-bob-123456"}, verify=d.ca)
+        assert r.status_code == 503 and r.json()["error"] == "unavailable"
+        assert requests.get(d.base + "/healthz", verify=d.ca).status_code == 503
+        d.resume_launcher()
+        wait_until(d.healthy, 20, what="healthy after redis restart")
+        # The retried send is stored once; the session and the history survived.
+        retried = await a.wait_for(lambda f: False, timeout=0.1) if False else None
+        again = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            again = await a.send_text("during the outage", ref="during")
+            if again["type"] == "ack":
+                break
+            await asyncio.sleep(0.2)
+        assert again["type"] == "ack"
+        assert alice.get(d.base + "/api/me").json() == {"username": "alice"}
+        b = await Client.connect(d, d.login("bob"))
+        assert [m["id"] for m in b.welcome["history"]][-2:] == [before["id"], again["id"]]
+        await a.close()
+        await b.close()
+
+    run(scenario())
+    for child in ("worker-1", "worker-2", "gateway", "coordinator"):
+        assert d.pid_of(child), child + " is gone"
+
+
+def test_sigterm_drains_a_worker_with_1012(make_deployment):
+    d = make_deployment()
+    sessions = [d.login("alice") for _ in range(4)]
+
+    async def scenario():
+        clients = [await Client.connect(d, s) for s in sessions]
+        on_w1 = [c for c in clients if c.worker == "worker-1"]
+        assert len(on_w1) == 2
+        d.kill("worker-1", signal.SIGTERM)
+        codes = [await c.closed_code() for c in on_w1]
+        assert codes == [1012, 1012]
+        # They reconnect at once and find a worker.
+        again = await Client.connect(d, sessions[0])
+        assert again.worker
+        await again.close()
+        for c in clients:
+            await c.close()
+
+    run(scenario())
+
+
+def test_sigterm_to_launcher_drains_everything_in_bounded_time(make_deployment):
+    d = make_deployment()
+    sessions = [d.login("alice") for _ in range(6)]
+
+    async def scenario():
+        clients = [await Client.connect(d, s) for s in sessions]
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        codes = [await c.closed_code(timeout=15) for c in clients]
+        assert codes == [1012] * 6
+        return start
+
+    start = run(scenario())
+    d.proc.wait(timeout=20)
+    assert time.monotonic() - start < 20
+    assert d.proc.returncode == 0
+    for child in ("worker-1", "worker-2", "gateway", "coordinator", "redis"):
+        assert d.pid_of(child) is None, child + " still running"
+
+
+def test_slow_reader_is_cut_off_with_4008_and_others_keep_up(make_deployment):
+    d = make_deployment(extra_args=FAST + ["--max-queued-frames", "64"])
+    alice, bob, slow = d.login("alice"), d.login("bob"), d.login("carol")
+
+    async def scenario():
+        # The slow client reads nothing: a small receive buffer and a one-frame queue in the library.
+        sock = socket.create_connection(("127.0.0.1", d.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        lazy = await websockets.connect("wss://127.0.0.1:%d/ws" % d.port, sock=sock, ssl=d.ssl_context(),
+                                        server_hostname="127.0.0.1", max_queue=1, ping_interval=None,
+                                        additional_headers={"Cookie": "sc_session=" + slow.cookies["sc_session"]})
+        a = await Client.connect(d, alice)
+        b = await Client.connect(d, bob)
+        text = "y" * 2000
+        count = 2500
+
+        async def collect(client, want_acks):
+            """Reads until `count` messages (and, for the sender, `count` acks) arrived."""
+            acks, messages = [], []
+            while len(messages) < count or (want_acks and len(acks) < count):
+                f = await client.next_frame(timeout=30)
+                assert f["type"] != "error", f
+                if f["type"] == "ack":
+                    acks.append(f["id"])
+                elif f["type"] == "message":
+                    messages.append(f["id"])
+            return acks, messages
+
+        # alice and bob read as fast as they can while alice sends.
+        mine = asyncio.create_task(collect(a, True))
+        theirs = asyncio.create_task(collect(b, False))
+        for i in range(count):
+            await a.send({"type": "send", "text": text, "ref": "f%d" % i})
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+        sent, own = await mine
+        _, got = await theirs
+        assert got == sent                       # the fast reader got everything, in order
+        assert own == sent
+        wait_until(lambda: "client too slow; closing" in d.log_text(), 10, what="the slow client cut off")
+        # The slow one, reading at last, finds its connection closed with 4008.
+        code = None
+        try:
+            while True:
+                await asyncio.wait_for(lazy.recv(), 15)
+        except websockets.ConnectionClosed as e:
+            code = e.rcvd.code if e.rcvd else None
+        assert code == 4008
+        await a.close()
+        await b.close()
+
+    run(scenario())
+    assert "client too slow; closing" in d.log_text()
+
+
+def test_half_open_websocket_is_reclaimed_by_keepalive(make_deployment):
+    d = make_deployment(extra_args=["--ping-seconds", "0.5"])
+    alice, ghost = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        # bob upgrades and then goes silent: never reads, never answers a ping.
+        raw = ssl.create_default_context(cafile=d.ca).wrap_socket(
+            socket.create_connection(("127.0.0.1", d.port)), server_hostname="127.0.0.1")
+        raw.sendall(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                     "Cookie: sc_session=%s\r\n\r\n" % (d.port, ghost.cookies["sc_session"])).encode())
+        assert b"101" in raw.recv(1024)
+        await a.wait_for(lambda f: f == {"type": "presence", "user": "bob", "online": True})
+        await a.wait_for(lambda f: f == {"type": "presence", "user": "bob", "online": False}, timeout=10)
+        raw.close()
+        await a.close()
+
+    run(scenario())
+    assert "no answer to pings; closing" in d.log_text()
+
+
+def test_slowloris_and_silent_connections_are_closed(make_deployment):
+    d = make_deployment(extra_args=["--request-timeout-seconds", "1"])
+    ctx = ssl.create_default_context(cafile=d.ca)
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.port)), server_hostname="127.0.0.1")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    start = time.monotonic()
+    closed = False
+    while time.monotonic() - start < 8:
+        try:
+            s.sendall(b"X-Drip: 1\r\n")       # a header line every 200 ms, never finishing
+            s.settimeout(0.2)
+            if s.recv(1) == b"":
+                closed = True
+                break
+        except socket.timeout:
+            continue
+        except (ConnectionError, ssl.SSLError, OSError):
+            closed = True
+            break
+    assert closed and time.monotonic() - start < 5
+    # A TCP connection that never starts TLS is closed too.
+    plain = socket.create_connection(("127.0.0.1", d.port))
+    plain.settimeout(5)
+    t0 = time.monotonic()
+    assert plain.recv(1) == b""
+    assert time.monotonic() - t0 < 4
+    # The gateway still serves everyone else.
+    assert requests.get(d.base + "/healthz", verify=d.ca).status_code == 200
