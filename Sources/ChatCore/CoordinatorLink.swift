@@ -100,7 +100,7 @@ public final class CoordinatorLink: Service, Sendable {
     public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
 
     public func run() async throws {
-        var backoff = Backoff(base: 0.05, cap: 1)
+        var backoff = Backoff(base: 0.05, cap: 0.5)
         var wasDown = false
         await withTaskCancellationOrGracefulShutdownHandler {
             while !Task.isCancelled && !Task.isShuttingDownGracefully {

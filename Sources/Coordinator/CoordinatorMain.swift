@@ -11,17 +11,18 @@ enum CoordinatorMain {
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.coordinator")
         let endpoint: Endpoint
         let limits: RateLimits
-        let lease: Double
+        let lease: Double, settle: Double
         do {
             let stateDir = options.string("state-dir", default: ".state")
             endpoint = try Endpoint(parsing: options.string("coordinator", default: stateDir + "/coordinator.sock"))
             limits = try RateLimits(options: options)
             lease = try options.double("lease-seconds", default: 3)
+            settle = try options.double("settle-seconds", default: 1.5)
         } catch {
             ProcessSupport.fail("\(error)")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let core = CoordinatorCore(limits: limits, leaseDuration: lease, secret: options.string("cluster-secret"), logger: logger)
+        let core = CoordinatorCore(limits: limits, leaseDuration: lease, settle: settle, secret: options.string("cluster-secret"), logger: logger)
         var services: [any Service] = [CoordinatorService(endpoint: endpoint, core: core, group: group, logger: logger)]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

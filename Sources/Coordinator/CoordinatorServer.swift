@@ -20,15 +20,16 @@ final class CoordinatorCore: Sendable {
     let state: NIOLockedValueBox<State>
     let logger: Logger
     let secret: String?
-    /// Presence is authoritative once every live worker has had a lease period to register.
+    /// Presence is authoritative once every live worker has had time to register again
+    /// (workers retry the link at least every 0.5 s and register at once).
     let settledAt: Double
     private let snapshotSent = NIOLockedValueBox(false)
 
-    init(limits: RateLimits, leaseDuration: Double, secret: String?, logger: Logger) {
+    init(limits: RateLimits, leaseDuration: Double, settle: Double, secret: String?, logger: Logger) {
         state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration), limiter: GCRA(limits: limits)))
         self.secret = secret
         self.logger = logger
-        self.settledAt = Self.now() + leaseDuration
+        self.settledAt = Self.now() + settle
     }
 
     static func now() -> Double {

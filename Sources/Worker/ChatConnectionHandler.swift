@@ -275,7 +275,7 @@ extension ChatConnectionHandler {
         if case let .opened(list)? = try? await ctx.coordinator.call(.connectionOpened(worker: ctx.workerID, connection: info)) {
             online = list
         } else {
-            online = ctx.hub.localUsers
+            online = ctx.hub.bestKnownOnline
         }
         if !online.contains(info.user) { online.append(info.user) }
         let history = (try? await ctx.store.recent(room: ChatLimits.lobby)) ?? []

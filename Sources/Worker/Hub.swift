@@ -49,6 +49,12 @@ final class Hub: Sendable {
     var count: Int { entries.withLockedValue { $0.count } }
     var localUsers: [String] { Array(Set(connections.map(\.user))).sorted() }
 
+    /// Without the coordinator: who this worker last knew to be online, plus its own users.
+    var bestKnownOnline: [String] {
+        let known = relay.withLockedValue { $0.knownOnline }
+        return Array(known.union(localUsers)).sorted()
+    }
+
     private func forEach(where predicate: (Entry) -> Bool = { _ in true }, _ body: @escaping @Sendable (ChatConnectionHandler) -> Void) {
         let targets = entries.withLockedValue { $0.values.filter(predicate) }
         for t in targets {
