@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "securechat-gateway", targets: ["Gateway"]),
         .executable(name: "securechat-worker", targets: ["Worker"]),
         .executable(name: "securechat-coordinator", targets: ["Coordinator"]),
+        .executable(name: "securechat-bench", targets: ["Bench"]),
         .library(name: "Proto", targets: ["Proto"]),
     ],
     dependencies: [
@@ -18,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // Only the load generator uses it: exact latency percentiles.
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // Debian's hiredis, used only as the RESP reader/formatter under SwiftNIO.
@@ -61,6 +64,16 @@ let package = Package(
         .executableTarget(
             name: "Launcher",
             dependencies: ["ChatCore", .product(name: "UnixSignals", package: "swift-service-lifecycle")]
+        ),
+        .executableTarget(
+            name: "Bench",
+            dependencies: [
+                "Proto", "ChatCore",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
         ),
         .testTarget(name: "ProtoTests", dependencies: ["Proto"]),
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),

@@ -8,6 +8,7 @@ enum Launcher {
     usage: securechat run [--workers N] [--port P] [--state-dir DIR] [--redis-url URL] [--users-file F] [--cert PEM --key PEM]
            securechat users add|passwd|remove NAME [--users-file F]
            securechat users list [--users-file F]
+           securechat users add-many PREFIX COUNT [--log-n N] [--users-file F]   (benchmarks; password on stdin)
     """
 
     static func main() async {

@@ -22,6 +22,18 @@ struct UsersCommand {
             let password = try readPassword()
             guard (8...1024).contains(password.utf8.count) else { throw Options.Invalid("passwords are 8 to 1024 bytes") }
             file.users[name] = try PasswordHash.make(password: password)
+        case "add-many":
+            // For benchmarks: PREFIX COUNT, one password (stdin) for all, names PREFIX0..PREFIX<COUNT-1>.
+            guard args.count == 2, let count = Int(args[1]), (1...100_000).contains(count) else {
+                throw Options.Invalid("usage: securechat users add-many PREFIX COUNT [--log-n 10...20]")
+            }
+            let logN = try options.int("log-n", default: PasswordHash.defaultLogN)
+            let password = try readPassword()
+            for i in 0..<count {
+                let name = "\(args[0])\(i)"
+                guard UsersFile.isValidName(name) else { throw Options.Invalid("invalid name \(name)") }
+                file.users[name] = try PasswordHash.make(password: password, logN: logN)
+            }
         case "remove":
             guard let name = args.first else { throw Options.Invalid("usage: securechat users remove NAME") }
             guard file.users.removeValue(forKey: name) != nil else { throw Options.Invalid("no user \(name)") }

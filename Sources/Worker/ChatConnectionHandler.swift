@@ -282,6 +282,7 @@ extension ChatConnectionHandler {
         let json = ServerFrame.welcome(user: info.user, room: ChatLimits.lobby, online: online.sorted(), history: history).json
         onLoop(handler, eventLoop) { h in
             h.sendJSON(json)
+            h.logger.debug("welcome sent", metadata: ["online": "\(online.count)", "history": "\(history.count)"])
             h.welcomed = true
             let events = h.beforeWelcome
             h.beforeWelcome = []

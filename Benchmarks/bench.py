@@ -1,0 +1,192 @@
+"""Runs SecureChat's benchmark scenarios against real deployments on loopback
+and prints a table and one JSON line per scenario (see docs/benchmarks.md).
+
+    scripts/bench                 all scenarios at full size (several minutes)
+    scripts/bench --quick         every scenario at toy size: proves the harness works (CI)
+    scripts/bench fanout room     only these
+
+Scenarios: fanout, room, idle, storm, splice (gateway vs nginx), coordinator."""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "Tests", "IntegrationTests"))
+import conftest  # noqa: E402
+
+BIN = conftest.BIN
+PASSWORD = "bench-password-123"
+FAST = ["--msg-burst", "100000", "--msg-per-second", "100000",
+        "--login-user-per-minute", "100000", "--login-address-per-minute", "100000"]
+
+
+def make_users(count, log_n=15):
+    d = tempfile.mkdtemp(prefix="sc-bench-users-")
+    path = os.path.join(d, "users.json")
+    shutil.copy(os.path.join(conftest.ROOT, "users.json"), path)
+    subprocess.run([os.path.join(BIN, "securechat"), "users", "add-many", "bench", str(count), "--users-file", path,
+                    "--log-n", str(log_n)], input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+    return path
+
+
+def sessions_file(d, count):
+    path = os.path.join(d.state, "sessions.txt")
+    with open(path, "w") as f:
+        for i in range(count):
+            f.write(d.login("bench%d" % i, PASSWORD).cookies["sc_session"] + "\n")
+    return path
+
+
+def generator(scenario, d, args, url=None):
+    cmd = [os.path.join(BIN, "securechat-bench"), scenario, "--url", url or d.base, "--ca", d.ca,
+           "--state-dir", d.state] + [str(a) for a in args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    sys.stdout.write(out.stdout)
+    if out.returncode != 0:
+        sys.stdout.write(out.stderr)
+        raise RuntimeError("%s failed" % scenario)
+    return json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1])
+
+
+def nginx_proxy(d, worker_socket, port):
+    """Debian's nginx as a TLS WebSocket proxy straight to one worker, TLS set up like the gateway's."""
+    conf_dir = tempfile.mkdtemp(prefix="sc-nginx-")
+    conf = os.path.join(conf_dir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write("""
+user root;
+worker_processes auto;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 20000; }
+worker_rlimit_nofile 20000;
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:%(port)d ssl;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+    location /ws {
+      proxy_pass http://unix:%(sock)s:/ws;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host $host;
+      proxy_buffering off;
+      proxy_read_timeout 3600s;
+    }
+  }
+}
+""" % {"dir": conf_dir, "port": port, "cert": d.ca, "key": os.path.join(d.state, "tls", "key.pem"), "sock": worker_socket})
+    proc = subprocess.Popen(["nginx", "-c", conf, "-p", conf_dir, "-g", "daemon off;"], start_new_session=True)
+    conftest.wait_until(lambda: _port_open(port), 10, what="nginx listening")
+    return proc, conf_dir
+
+
+def _port_open(port):
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run(args):
+    q = args.quick
+    selected = args.scenarios or ["fanout", "room", "idle", "storm", "splice", "coordinator"]
+    users = make_users(10 if q else 200, log_n=10 if q else 15)
+    results = []
+    try:
+        if "fanout" in selected:
+            d = conftest.Deployment(users, workers=2, extra_args=FAST)
+            try:
+                s = sessions_file(d, 10 if q else 100)
+                results.append(generator("fanout", d, ["--sessions", s, "--clients", 20 if q else 100,
+                                                       "--senders", 2 if q else 10, "--seconds", 1 if q else 5,
+                                                       "--rates", "1,2" if q else "5,10,15,20,25,30,35,40,50,60"]))
+            finally:
+                d.stop()
+        if "room" in selected:
+            d = conftest.Deployment(users, workers=2, extra_args=FAST)
+            try:
+                s = sessions_file(d, 10 if q else 200)
+                results.append(generator("load", d, ["--name", "room", "--sessions", s, "--clients", 50 if q else 2000,
+                                                     "--senders", 5, "--rate", 2, "--seconds", 2 if q else 30]))
+            finally:
+                d.stop()
+        if "idle" in selected:
+            gateways = 1 if q else 3
+            d = conftest.Deployment(users, workers=2, extra_args=FAST + ["--gateways", str(gateways)])
+            try:
+                s = sessions_file(d, 10 if q else 200)
+                results.append(generator("idle", d, ["--sessions", s, "--connections", 200 if q else args.idle_connections,
+                                                     "--heartbeat-seconds", 1 if q else 5]))
+            finally:
+                d.stop()
+        if "storm" in selected:
+            d = conftest.Deployment(users, workers=2, extra_args=FAST)
+            try:
+                results.append(generator("storm", d, ["--users", 10 if q else 200, "--password", PASSWORD,
+                                                      "--levels", "2,4" if q else "4,8,16,32,64",
+                                                      "--per-level", 20 if q else 200]))
+            finally:
+                d.stop()
+        if "splice" in selected:
+            d = conftest.Deployment(users, workers=1, extra_args=FAST)
+            nginx_port = conftest.free_port()
+            proc, conf_dir = nginx_proxy(d, os.path.join(d.state, "worker-1.sock"), nginx_port)
+            try:
+                s = sessions_file(d, 10 if q else 100)
+                steps = ["--sessions", s, "--clients", 20 if q else 100, "--senders", 2 if q else 10,
+                         "--seconds", 1 if q else 5, "--rates", "1,2" if q else "10,20,30,40,50,60,80,100"]
+                ours = generator("fanout", d, ["--name", "splice-gateway"] + steps)
+                theirs = generator("fanout", d, ["--name", "splice-nginx"] + steps, url="https://127.0.0.1:%d" % nginx_port)
+                # p99 compared at the highest rate both sustained.
+                common = min(ours["rate_per_sender"], theirs["rate_per_sender"])
+                p99_at = lambda r: next((st["p99_ms"] for st in r["steps"] if st["rate_per_sender"] == common), None)
+                ratio = {
+                    "scenario": "splice",
+                    "delivered_per_s_ratio": round(ours["delivered_per_s"] / max(1, theirs["delivered_per_s"]), 3),
+                    "compared_at_rate_per_sender": common,
+                    "p99_at_common_rate_ratio": round((p99_at(ours) or 0) / max(0.001, p99_at(theirs) or 0.001), 3),
+                    "gateway": {k: ours.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms")},
+                    "nginx": {k: theirs.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms")},
+                }
+                print("\n== splice (ours / nginx)\n  best delivered/s ratio %.3f, p99 ratio at %s msg/s per sender %.3f" %
+                      (ratio["delivered_per_s_ratio"], common, ratio["p99_at_common_rate_ratio"]))
+                print(json.dumps(ratio, sort_keys=True))
+                results += [ours, theirs, ratio]
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+                shutil.rmtree(conf_dir, ignore_errors=True)
+                d.stop()
+        if "coordinator" in selected:
+            d = conftest.Deployment(users, workers=1)
+            try:
+                results.append(generator("coordinator", d, ["--coordinator", os.path.join(d.state, "coordinator.sock"),
+                                                            "--links", 2 if q else 4,
+                                                            "--checks-per-second", 500 if q else 20000,
+                                                            "--seconds", 1 if q else 5]))
+            finally:
+                d.stop()
+    finally:
+        shutil.rmtree(os.path.dirname(users), ignore_errors=True)
+    print("\n== summary")
+    for r in results:
+        print(json.dumps(r, sort_keys=True))
+    return results
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenarios", nargs="*")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--idle-connections", type=int, default=16000)
+    run(p.parse_args())

@@ -1,0 +1,49 @@
+import ChatCore
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// `securechat-bench SCENARIO --url https://127.0.0.1:PORT ...`: the load generator.
+/// Scenarios: load, fanout, idle, storm, coordinator. It stops by itself and only
+/// ever targets loopback. See docs/benchmarks.md.
+@main
+enum BenchMain {
+    static func main() async {
+        setvbuf(stdout, nil, _IOLBF, 0)
+        let options = Options()
+        guard let scenario = options.positional.first else {
+            print("usage: securechat-bench load|fanout|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]")
+            exit(2)
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: try! options.int("threads", default: System.coreCount))
+        do {
+            let report: Report
+            if scenario == "coordinator" {
+                report = try await coordinatorScenario(options: options, group: group)
+            } else {
+                let target = try Target(url: options.string("url", default: "https://127.0.0.1:5001"), caFile: options.string("ca"))
+                let stats = Stats()
+                let connector = Connector(target: target, group: group, stats: stats, path: options.string("path", default: "/ws"))
+                let cookies = try options.string("sessions").map {
+                    try String(contentsOfFile: $0, encoding: .utf8).split(separator: "\n").map(String.init)
+                } ?? []
+                let s = Scenarios(connector: connector, stats: stats, group: group, options: options, cookies: cookies)
+                switch scenario {
+                case "load": report = try await s.load(name: options.string("name", default: "load"))
+                case "fanout": report = try await s.fanout()
+                case "idle": report = try await s.idle()
+                case "storm":
+                    let users = (0..<(try options.int("users", default: 100))).map { "\(options.string("user-prefix", default: "bench"))\($0)" }
+                    report = try await s.storm(target: target, users: users, password: options.string("password", default: "bench-password"))
+                default: throw BenchError("unknown scenario \(scenario)")
+                }
+            }
+            report.print()
+        } catch {
+            FileHandle.standardError.write(Data("bench: \(error)\n".utf8))
+            try? await group.shutdownGracefully()
+            exit(1)
+        }
+        try? await group.shutdownGracefully()
+    }
+}

@@ -1,0 +1,25 @@
+"""The benchmark harness at toy size (scripts/bench --quick): every scenario runs
+end to end against real deployments and reports its figures. No timing is asserted."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_quick_runs_every_scenario():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "Benchmarks", "bench.py"), "--quick"],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = out.stdout.split("== summary", 1)[1]
+    reports = {r["scenario"]: r for r in (json.loads(l) for l in summary.splitlines() if l.startswith("{"))}
+    assert set(reports) >= {"fanout", "room", "idle", "storm", "splice-gateway", "splice-nginx", "splice", "coordinator"}
+    for name in ("fanout", "room", "splice-gateway", "splice-nginx"):
+        r = reports[name]
+        assert r["delivered"] > 0 and r["delivered"] == r["expected_deliveries"], r
+        assert r["errors"] == 0
+    assert reports["idle"]["heartbeats"] == reports["idle"]["connections"] == 200
+    assert reports["idle"]["rss_after_kib"] > 0
+    assert reports["storm"]["steps"][0]["ok"] > 0
+    assert reports["coordinator"]["checks"] > 0
