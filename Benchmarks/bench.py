@@ -50,6 +50,8 @@ def generator(scenario, d, args, url=None):
     sys.stdout.write(out.stdout)
     if out.returncode != 0:
         sys.stdout.write(out.stderr)
+        problems = [l for l in d.log_text().splitlines() if " warning " in l or " error " in l]
+        sys.stdout.write("deployment warnings (last 20 of %d):\n%s\n" % (len(problems), "\n".join(problems[-20:])))
         raise RuntimeError("%s failed" % scenario)
     return json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1])
 

@@ -139,7 +139,15 @@ final class BenchSocket: ChannelInboundHandler {
     let stats: Stats
     let welcomed: EventLoopPromise<Void>
     private var gotWelcome = false
-    private var local = Stats.State()
+    /// Per-connection counts and raw samples, folded into the shared histograms in batches
+    /// (a histogram per connection would cost ~100 KiB each and a full merge per flush).
+    private var local = Local()
+    private struct Local {
+        var latencies: [UInt64] = []
+        var pongs: [UInt64] = []
+        var delivered = 0, sent = 0, acked = 0, errors = 0, closed = 0
+        var isEmpty: Bool { latencies.isEmpty && pongs.isEmpty && delivered == 0 && sent == 0 && acked == 0 && errors == 0 && closed == 0 }
+    }
     private var context: ChannelHandlerContext?
     private var fragments: ByteBuffer?
     private var seq = 0
@@ -162,11 +170,12 @@ final class BenchSocket: ChannelInboundHandler {
     }
 
     func flushStats() {
+        guard !local.isEmpty else { return }
         let l = local
-        local = Stats.State()
+        local = Local()
         stats.state.withLockedValue { s in
-            s.latency.merge(l.latency)
-            s.pongs.merge(l.pongs)
+            for v in l.latencies { s.latency.record(v) }
+            for v in l.pongs { s.pongs.record(v) }
             s.delivered += l.delivered
             s.sent += l.sent
             s.acked += l.acked
@@ -195,7 +204,7 @@ final class BenchSocket: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .pong:
             if pingSent > 0 {
-                local.pongs.record((DispatchTime.now().uptimeNanoseconds - pingSent) / 1000)
+                local.pongs.append((DispatchTime.now().uptimeNanoseconds - pingSent) / 1000)
                 pingSent = 0
             }
         case .connectionClose:
@@ -232,7 +241,7 @@ final class BenchSocket: ChannelInboundHandler {
             i += 1
         }
         local.delivered += 1
-        if now > sentAt { local.latency.record((now - sentAt) / 1000) }
+        if now > sentAt { local.latencies.append((now - sentAt) / 1000) }
     }
 
     /// Sends one chat message stamped with the current time.

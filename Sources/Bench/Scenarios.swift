@@ -178,10 +178,12 @@ struct Scenarios {
         let s = stats.state.withLockedValue { $0 }
         await close(conns)
         let perConn = Double((after.KiB - before.KiB)) / Double(count)
+        var deltaByRole: [String: Double] = [:]
+        for (role, kib) in after.byRole { deltaByRole[role] = round3(Double(kib - (before.byRole[role] ?? 0)) / Double(count)) }
         return Report(scenario: "idle", fields: [
             ("connections", count), ("open_seconds", round3(openSeconds)),
             ("rss_before_kib", before.KiB), ("rss_after_kib", after.KiB), ("rss_by_role_kib", after.byRole),
-            ("kib_per_connection", round3(perConn)), ("heartbeats", Int(s.pongs.count)),
+            ("kib_per_connection", round3(perConn)), ("kib_per_connection_by_role", deltaByRole), ("heartbeats", Int(s.pongs.count)),
             ("heartbeat_p50_ms", round3(s.pongs.percentile(50))), ("heartbeat_p99_ms", round3(s.pongs.percentile(99))),
         ])
     }
