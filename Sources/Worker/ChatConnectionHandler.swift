@@ -82,7 +82,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         pingTask?.cancel()
         outgoing.removeAll()
         continuation?.finish()
-        ctx.hub.remove(info.id)
+        ctx.hub.remove(info.id, eventLoop: context.eventLoop)
         let ctx = self.ctx, info = self.info
         logger.debug("connection closed")
         Task { _ = try? await ctx.coordinator.call(.connectionClosed(worker: ctx.workerID, connection: info)) }

@@ -28,21 +28,42 @@ final class Hub: Sendable {
         var epoch = 0
     }
 
+    /// The connections of one event loop, touched only on that loop: a broadcast is
+    /// one task per loop that walks its connections, not one task per connection.
+    private struct LoopConnections: Sendable {
+        let eventLoop: EventLoop
+        let handlers: NIOLoopBoundBox<LoopHandlers>
+    }
+
+    final class LoopHandlers {
+        var byID: [String: ChatConnectionHandler] = [:]
+    }
+
     private let entries = NIOLockedValueBox<[String: Entry]>([:])
+    private let loops: [ObjectIdentifier: LoopConnections]
     private let relay = NIOLockedValueBox(Relay())
     private let drained = NIOLockedValueBox<Set<String>>([])
     private let maxWaiting: Int
 
-    init(maxWaiting: Int = 100_000) {
+    init(group: EventLoopGroup, maxWaiting: Int = 100_000) {
+        var loops: [ObjectIdentifier: LoopConnections] = [:]
+        for loop in group.makeIterator() {
+            loops[ObjectIdentifier(loop)] = LoopConnections(eventLoop: loop, handlers: .makeBoxSendingValue(LoopHandlers(), eventLoop: loop))
+        }
+        self.loops = loops
         self.maxWaiting = maxWaiting
     }
 
+    /// Called on the connection's event loop.
     func add(_ entry: Entry) {
         entries.withLockedValue { $0[entry.info.id] = entry }
+        loops[ObjectIdentifier(entry.eventLoop)]?.handlers.value.byID[entry.info.id] = entry.handler.value
     }
 
-    func remove(_ id: String) {
+    /// Called on the connection's event loop.
+    func remove(_ id: String, eventLoop: EventLoop) {
         _ = entries.withLockedValue { $0.removeValue(forKey: id) }
+        loops[ObjectIdentifier(eventLoop)]?.handlers.value.byID.removeValue(forKey: id)
     }
 
     var connections: [ConnectionInfo] { entries.withLockedValue { $0.values.map(\.info) } }
@@ -79,7 +100,17 @@ final class Hub: Sendable {
 
     private func fanOut(_ message: ChatMessage) {
         let frame = SharedFrame(message: message)
-        forEach { $0.deliverLive(frame) }
+        broadcast { $0.deliverLive(frame) }
+    }
+
+    /// Runs `body` for every connection, one task per event loop.
+    private func broadcast(_ body: @escaping @Sendable (ChatConnectionHandler) -> Void) {
+        for l in loops.values {
+            let handlers = l.handlers
+            l.eventLoop.execute {
+                for h in handlers.value.byID.values { body(h) }
+            }
+        }
     }
 
     /// The subscription is gone: hold live messages until the gap is filled.
@@ -135,7 +166,7 @@ final class Hub: Sendable {
 
     private func sendPresence(user: String, online: Bool) {
         let json = ServerFrame.presence(user: user, online: online).json
-        forEach { $0.sendEvent(json) }
+        broadcast { $0.sendEvent(json) }
     }
 
     func closeSessions(hash: String, code: UInt16) {

@@ -42,7 +42,7 @@ enum WorkerMain {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
-        let hub = Hub()
+        let hub = Hub(group: group)
         let readiness = WorkerReadiness()
         let coordinator = CoordinatorLink(
             endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
