@@ -250,29 +250,34 @@ func coordinatorScenario(options: Options, group: EventLoopGroup) async throws -
     let hist = NIOLockedValueBoxHistogram()
     let perLink = rate / Double(links)
     let t0 = DispatchTime.now().uptimeNanoseconds
-    try await withThrowingTaskGroup(of: Void.self) { g in
-        for (i, link) in clients.enumerated() {
-            g.addTask {
-                // Open loop at a fixed rate per link, each call timed on its own.
-                let total = Int(perLink * seconds)
-                let interval = 1e9 / perLink
-                try await withThrowingTaskGroup(of: Void.self) { calls in
-                    for n in 0..<total {
-                        let due = t0 + UInt64(Double(n) * interval)
-                        let now = DispatchTime.now().uptimeNanoseconds
-                        if due > now { try await Task.sleep(nanoseconds: due - now) }
-                        calls.addTask {
-                            let start = DispatchTime.now().uptimeNanoseconds
-                            _ = try? await link.call(.rateCheck(kind: .message, key: "bench-\(i)-\(n % 1000)", consume: true))
-                            hist.record((DispatchTime.now().uptimeNanoseconds - start) / 1000)
-                        }
+    // Open loop at a fixed rate per link, driven from the link's own event loop (no task hops on
+    // the caller's side), each call timed from send to answer.
+    let done = clients.map { link -> EventLoopFuture<Void> in
+        guard let loop = link.eventLoop else { return group.any().makeFailedFuture(BenchError("coordinator link down")) }
+        let total = Int(perLink * seconds)
+        let finished = loop.makePromise(of: Void.self)
+        let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, answered: 0, samples: [UInt64]()), eventLoop: loop)
+        // Every millisecond, send what is due by now: the offered rate holds whatever the timer does.
+        loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { task in
+            let due = min(total, Int(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 * perLink) + 1)
+            if state.value.sent >= total { task.cancel(); return }
+            while state.value.sent < due {
+                let n = state.value.sent
+                state.value.sent += 1
+                let start = DispatchTime.now().uptimeNanoseconds
+                link.callFuture(.rateCheck(kind: .message, key: "bench-\(n % 1000)", consume: true)).whenComplete { _ in
+                    state.value.samples.append((DispatchTime.now().uptimeNanoseconds - start) / 1000)
+                    state.value.answered += 1
+                    if state.value.answered == total {
+                        for v in state.value.samples { hist.record(v) }
+                        finished.succeed(())
                     }
-                    try await calls.waitForAll()
                 }
             }
         }
-        try await g.waitForAll()
+        return finished.futureResult
     }
+    for f in done { try await f.get() }
     let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     for r in runs { r.cancel() }
     let h = hist.snapshot()

@@ -147,9 +147,17 @@ public final class CoordinatorLink: Service, Sendable {
 
     /// Sends one request; throws `CoordinatorUnavailable` when there is no link or no answer in time.
     public func call(_ request: CoordinatorRequest) async throws -> CoordinatorResponse {
-        guard let ch = channel.withLockedValue({ $0 }) else { throw CoordinatorUnavailable() }
+        try await callFuture(request).get()
+    }
+
+    /// The same as a future, completed on the link's event loop (for callers that stay on it).
+    public func callFuture(_ request: CoordinatorRequest) -> EventLoopFuture<CoordinatorResponse> {
+        guard let ch = channel.withLockedValue({ $0 }) else { return group.any().makeFailedFuture(CoordinatorUnavailable()) }
         let promise = ch.eventLoop.makePromise(of: CoordinatorResponse.self)
         ch.writeAndFlush((request, promise)).whenFailure { _ in promise.fail(CoordinatorUnavailable()) }
-        return try await promise.futureResult.get()
+        return promise.futureResult
     }
+
+    /// The event loop of the current link, if connected.
+    public var eventLoop: EventLoop? { channel.withLockedValue { $0?.eventLoop } }
 }

@@ -71,7 +71,11 @@ class Deployment:
                 "--web-dir", os.path.join(ROOT, "web")] + list(extra_args)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.workers = workers
-        wait_until(self.healthy, 60, what="deployment healthy")
+        try:
+            wait_until(self.healthy, 60, what="deployment healthy")
+        except BaseException:
+            self.stop()
+            raise
 
     def healthy(self):
         if self.proc.poll() is not None:
