@@ -111,7 +111,7 @@ def run(args):
                 s = sessions_file(d, 10 if q else 100)
                 results.append(generator("fanout", d, ["--sessions", s, "--clients", 20 if q else 100,
                                                        "--senders", 2 if q else 10, "--seconds", 1 if q else 5,
-                                                       "--rates", "1,2" if q else "5,10,15,20,25,30,35,40,50,60"]))
+                                                       "--rates", "1,2" if q else "10,25,40,60,80,100,150,200"]))
             finally:
                 d.stop()
         if "room" in selected:
