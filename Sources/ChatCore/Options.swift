@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import NIOPosix
 
 /// One configuration story for every process: `--name value` (or `--name=value`)
 /// on the command line, else the environment variable `SECURECHAT_NAME`
@@ -98,6 +100,30 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case let .unix(path): return "unix:" + path
         case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        }
+    }
+}
+
+extension ServerBootstrap {
+    /// Binds to a Unix socket (mode 0600, replacing a stale file) or a TCP address.
+    public func bind(to endpoint: Endpoint) async throws -> Channel {
+        switch endpoint {
+        case let .unix(path):
+            let channel = try await bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            chmod(path, 0o600)
+            return channel
+        case let .tcp(host, port):
+            return try await bind(host: host, port: port).get()
+        }
+    }
+}
+
+extension ClientBootstrap {
+    /// Connects to a Unix socket or a TCP address.
+    public func connect(to endpoint: Endpoint) -> EventLoopFuture<Channel> {
+        switch endpoint {
+        case let .unix(path): return connect(unixDomainSocketPath: path)
+        case let .tcp(host, port): return connect(host: host, port: port)
         }
     }
 }

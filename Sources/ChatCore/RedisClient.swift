@@ -99,10 +99,7 @@ public final class RedisClient: Service, Sendable {
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture { try handlers(ch) }
             }
-        switch endpoint {
-        case let .unix(path): return try await bootstrap.connect(unixDomainSocketPath: path).get()
-        case let .tcp(host, port): return try await bootstrap.connect(host: host, port: port).get()
-        }
+        return try await bootstrap.connect(to: endpoint).get()
     }
 
     public func run() async throws {

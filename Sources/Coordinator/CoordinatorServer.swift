@@ -209,14 +209,7 @@ struct CoordinatorService: Service {
                     ])
                 }
             }
-        let server: Channel
-        switch endpoint {
-        case let .unix(path):
-            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-            chmod(path, 0o600)
-        case let .tcp(host, port):
-            server = try await bootstrap.bind(host: host, port: port).get()
-        }
+        let server = try await bootstrap.bind(to: endpoint)
         logger.info("coordinator listening", metadata: ["listen": "\(endpoint)"])
         let ticker = group.next().scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { _ in
             core.tick()

@@ -24,22 +24,10 @@ extension GatewayHTTPHandler {
             respondJSON(context, .badRequest, ["ok": false, "error": "bad_request"], close: true)
             return
         }
-        guard let sid = SessionStore.sessionID(fromCookieHeaders: head.headers["cookie"]) else {
-            respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"], close: true)
-            return
-        }
-        let sessions = ctx.sessions
-        let promise = context.eventLoop.makePromise(of: String?.self)
-        promise.completeWithTask { try await sessions.validate(sid) }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenComplete { result in
-            let (h, context) = bound.value
-            switch result {
-            case .success(nil):
+        withSession(context, head, closeOnFailure: true) { h, context, user in
+            if user == nil {
                 h.respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"], close: true)
-            case .failure:
-                h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"], close: true)
-            case .success(.some):
+            } else {
                 h.connectWorker(context, head, excluding: [], attemptsLeft: 3)
             }
         }
@@ -77,11 +65,7 @@ extension GatewayHTTPHandler {
                 .channelInitializer { ch in
                     ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(workerGlueBound.value) }
                 }
-            let connecting: EventLoopFuture<Channel>
-            switch endpoint {
-            case let .unix(path): connecting = bootstrap.connect(unixDomainSocketPath: path)
-            case let .tcp(host, port): connecting = bootstrap.connect(host: host, port: port)
-            }
+            let connecting = bootstrap.connect(to: endpoint)
             let glueBound = NIOLoopBound(clientGlue, eventLoop: loop)
             connecting.whenComplete { result in
                 let (h, context) = bound.value

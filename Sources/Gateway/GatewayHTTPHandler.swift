@@ -118,8 +118,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Runs `body` on the event loop with the session's user (nil without a valid session); 503 when Redis is down.
-    private func withSession(_ context: ChannelHandlerContext, _ head: HTTPRequestHead,
-                             _ body: @escaping (GatewayHTTPHandler, ChannelHandlerContext, String?) -> Void) {
+    func withSession(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, closeOnFailure: Bool = false,
+                     _ body: @escaping (GatewayHTTPHandler, ChannelHandlerContext, String?) -> Void) {
         guard let sid = Self.sessionID(head) else {
             body(self, context, nil)
             return
@@ -132,7 +132,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let (h, context) = bound.value
             switch result {
             case let .success(user): body(h, context, user)
-            case .failure: h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
+            case .failure: h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"], close: closeOnFailure)
             }
         }
     }

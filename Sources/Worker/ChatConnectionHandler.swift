@@ -279,10 +279,11 @@ extension ChatConnectionHandler {
         }
         if !online.contains(info.user) { online.append(info.user) }
         let history = (try? await ctx.store.recent(room: ChatLimits.lobby)) ?? []
+        let onlineCount = online.count
         let json = ServerFrame.welcome(user: info.user, room: ChatLimits.lobby, online: online.sorted(), history: history).json
         onLoop(handler, eventLoop) { h in
             h.sendJSON(json)
-            h.logger.debug("welcome sent", metadata: ["online": "\(online.count)", "history": "\(history.count)"])
+            h.logger.debug("welcome sent", metadata: ["online": "\(onlineCount)", "history": "\(history.count)"])
             h.welcomed = true
             let events = h.beforeWelcome
             h.beforeWelcome = []

@@ -123,14 +123,7 @@ struct WorkerService: Service {
                 }
             }
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
-        let server: Channel
-        switch listen {
-        case let .unix(path):
-            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-            chmod(path, 0o600)
-        case let .tcp(host, port):
-            server = try await bootstrap.bind(host: host, port: port).get()
-        }
+        let server = try await bootstrap.bind(to: listen)
         logger.info("worker listening", metadata: ["listen": "\(listen)", "worker.id": "\(workerID)"])
 
         try? await gracefulShutdown()
