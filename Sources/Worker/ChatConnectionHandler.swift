@@ -93,7 +93,8 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         let frame = unwrapInboundIn(data)
         lastInbound = .now()
         guard !closing else { return }
-        if frame.maskKey == nil {
+        // Client frames must be masked, and no extension was negotiated that could set RSV bits.
+        if frame.maskKey == nil || frame.rsv1 || frame.rsv2 || frame.rsv3 {
             closeWith(code: 1002)
             return
         }

@@ -175,6 +175,14 @@ def deployment(users_file):
     d.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_deployment(users_file):
+    """One deployment for a whole module of tests that leave no state behind (hostile input)."""
+    d = Deployment(users_file, extra_args=["--msg-burst", "1000", "--msg-per-second", "1000"])
+    yield d
+    d.stop()
+
+
 @pytest.fixture
 def make_deployment(users_file):
     """For tests that need other flags: make_deployment(workers=3, extra_args=[...])."""
