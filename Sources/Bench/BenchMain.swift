@@ -15,7 +15,11 @@ enum BenchMain {
             print("usage: securechat-bench load|fanout|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]")
             exit(2)
         }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: try! options.int("threads", default: System.coreCount))
+        guard let threads = try? options.int("threads", default: System.coreCount), threads > 0 else {
+            print("--threads must be a positive integer")
+            exit(2)
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         do {
             let report: Report
             if scenario == "coordinator" {
