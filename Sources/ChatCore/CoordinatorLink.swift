@@ -73,7 +73,7 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
 }
 
 /// A link to the coordinator that reconnects with backoff for as long as it runs.
-/// `onConnect` runs after each (re)connection (workers register there).
+/// `onConnect` runs after each (re)connection (workers mark their registration as due there).
 public final class CoordinatorLink: Service, Sendable {
     public let endpoint: Endpoint
     private let group: EventLoopGroup

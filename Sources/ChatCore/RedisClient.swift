@@ -76,7 +76,6 @@ public final class RedisClient: Service, Sendable {
     private let commandTimeout: TimeAmount
     private let password: String?
     private let channel = NIOLockedValueBox<Channel?>(nil)
-    private let connectedHooks = NIOLockedValueBox<[@Sendable () async -> Void]>([])
 
     public init(endpoint: Endpoint, password: String? = nil, group: EventLoopGroup, logger: Logger, commandTimeout: TimeAmount = .seconds(5)) {
         self.endpoint = endpoint
@@ -84,11 +83,6 @@ public final class RedisClient: Service, Sendable {
         self.group = group
         self.logger = logger
         self.commandTimeout = commandTimeout
-    }
-
-    /// Runs `hook` after every (re)connection.
-    public func onConnect(_ hook: @escaping @Sendable () async -> Void) {
-        connectedHooks.withLockedValue { $0.append(hook) }
     }
 
     public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
@@ -126,7 +120,6 @@ public final class RedisClient: Service, Sendable {
                     if wasDown { logger.info("redis reconnected", metadata: ["redis": "\(endpoint)"]) }
                     wasDown = false
                     backoff.reset()
-                    for hook in connectedHooks.withLockedValue({ $0 }) { await hook() }
                     try? await ch.closeFuture.get()
                     channel.withLockedValue { $0 = nil }
                     if !Task.isCancelled && !Task.isShuttingDownGracefully {

@@ -42,7 +42,11 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     private var pingTask: RepeatedTask?
     private var closing = false
     private var fragments: ByteBuffer?
-    private var continuation: AsyncStream<String>.Continuation?
+    private var continuation: AsyncStream<[UInt8]>.Continuation?
+    /// Frames received but not yet processed; past a bound the socket stops being read
+    /// (TCP backpressure on the client) until the task catches up.
+    private var pendingFrames = 0
+    private static let pendingHigh = 64, pendingLow = 16
 
     init(ctx: WorkerContext, info: ConnectionInfo, sessionHash: String) {
         self.ctx = ctx
@@ -59,15 +63,16 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         keepalive(context: context)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         ctx.hub.add(Hub.Entry(info: info, sessionHash: sessionHash, handler: loopBound, eventLoop: context.eventLoop))
-        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .unbounded)
+        let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .unbounded)
         self.continuation = continuation
         let ctx = self.ctx, info = self.info, eventLoop = context.eventLoop
         logger.debug("connection opened")
         // One task per connection runs its frames strictly in order.
         Task {
             await Self.welcome(ctx: ctx, info: info, handler: loopBound, eventLoop: eventLoop)
-            for await text in stream {
-                await Self.process(text, ctx: ctx, info: info, handler: loopBound, eventLoop: eventLoop)
+            for await bytes in stream {
+                await Self.process(bytes, ctx: ctx, info: info, handler: loopBound, eventLoop: eventLoop)
+                Self.onLoop(loopBound, eventLoop) { $0.frameDone() }
             }
         }
     }
@@ -138,12 +143,20 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     }
 
     private func received(_ buffer: ByteBuffer) {
-        guard let text = buffer.getString(at: buffer.readerIndex, length: buffer.readableBytes),
-              String(validating: buffer.readableBytesView, as: UTF8.self) != nil else {
+        guard String(validating: buffer.readableBytesView, as: UTF8.self) != nil else {
             closeWith(code: 1007)
             return
         }
-        continuation?.yield(text)
+        pendingFrames += 1
+        if pendingFrames == Self.pendingHigh { context?.channel.setOption(.autoRead, value: false).whenFailure { _ in } }
+        continuation?.yield(Array(buffer.readableBytesView))
+    }
+
+    fileprivate func frameDone() {
+        pendingFrames -= 1
+        if pendingFrames == Self.pendingLow, let channel = context?.channel {
+            channel.setOption(.autoRead, value: true).whenFailure { _ in }
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -294,13 +307,13 @@ extension ChatConnectionHandler {
         }
     }
 
-    static func process(_ text: String, ctx: WorkerContext, info: ConnectionInfo,
+    static func process(_ bytes: [UInt8], ctx: WorkerContext, info: ConnectionInfo,
                         handler: NIOLoopBound<ChatConnectionHandler>, eventLoop: EventLoop) async {
         func reply(_ frame: ServerFrame) {
             let json = frame.json
             onLoop(handler, eventLoop) { $0.sendJSON(json) }
         }
-        switch ClientFrame.decode(Array(text.utf8)) {
+        switch ClientFrame.decode(bytes) {
         case let .failure(error):
             reply(.error(code: error.code.rawValue, message: error.message, ref: error.ref, retryAfterMs: nil))
         case let .success(.send(body, ref, room)):

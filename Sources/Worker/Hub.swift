@@ -142,8 +142,6 @@ final class Hub: Sendable {
         }
     }
 
-    var isLive: Bool { relay.withLockedValue { !$0.filling } }
-
     // MARK: presence
 
     func presence(user: String, online: Bool) {

@@ -22,9 +22,9 @@ final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandle
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     let state: NIOLockedValueBox<UpgradeState>
-    let health: @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int)
+    let health: @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int)
 
-    init(state: NIOLockedValueBox<UpgradeState>, health: @escaping @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int)) {
+    init(state: NIOLockedValueBox<UpgradeState>, health: @escaping @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int)) {
         self.state = state
         self.health = health
     }
@@ -33,7 +33,7 @@ final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandle
         guard case let .head(head) = unwrapInboundIn(data) else { return }
         if head.method == .GET && head.uri == "/healthz" {
             let h = health()
-            let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections)}"
+            let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions)}"
             respond(context, h.subscribed ? .ok : .serviceUnavailable, body)
             return
         }
@@ -77,7 +77,7 @@ struct WorkerService: Service {
             .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in
                 let state = NIOLockedValueBox(UpgradeState())
-                let refused = NIOLoopBound(RefusedUpgradeHandler(state: state, health: { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count) }),
+                let refused = NIOLoopBound(RefusedUpgradeHandler(state: state, health: { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count, ctx.limiter.fallbackCount) }),
                                            eventLoop: channel.eventLoop)
                 let upgrader = NIOWebSocketServerUpgrader(
                     maxFrameSize: ChatLimits.maxFrameBytes,
