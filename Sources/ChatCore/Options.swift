@@ -127,3 +127,10 @@ extension ClientBootstrap {
         }
     }
 }
+
+extension ChannelOptions.Types.RecvAllocatorOption {
+    /// Read buffers for long-lived chat streams: most reads are one small frame, and a
+    /// channel keeps its last read buffer, so start small (NIO's default starts at 2 KiB)
+    /// and let the adaptive allocator grow it for busy streams.
+    public static let chatStream = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+}

@@ -123,6 +123,7 @@ struct WorkerService: Service {
                 }
             }
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(.recvAllocator, value: ChannelOptions.Types.RecvAllocatorOption.chatStream)
         let server = try await bootstrap.bind(to: listen)
         logger.info("worker listening", metadata: ["listen": "\(listen)", "worker.id": "\(workerID)"])
 
