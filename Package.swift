@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "securechat-worker", targets: ["Worker"]),
         .executable(name: "securechat-coordinator", targets: ["Coordinator"]),
         .executable(name: "securechat-bench", targets: ["Bench"]),
+        .executable(name: "securechat-fuzz", targets: ["Fuzz"]),
         .library(name: "Proto", targets: ["Proto"]),
     ],
     dependencies: [
@@ -75,7 +76,13 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
-        .testTarget(name: "ProtoTests", dependencies: ["Proto"]),
+        // Fuzz targets for the decoders (scripts/fuzz runs them under libFuzzer).
+        .target(
+            name: "Fuzzing",
+            dependencies: ["Proto", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]
+        ),
+        .executableTarget(name: "Fuzz", dependencies: ["Fuzzing"]),
+        .testTarget(name: "ProtoTests", dependencies: ["Proto", "Fuzzing"]),
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Proto"]),
     ],

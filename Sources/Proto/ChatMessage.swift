@@ -19,10 +19,14 @@ public struct ChatMessage: Sendable, Equatable {
     public var relayPayload: String { "\(id)\n\(ts)\n\(from)\n\(text)" }
 
     /// Parses a relay payload published for `room`.
+    ///
+    /// Split on the newline byte, not on Characters: "\r\n" is one Character in Swift, so a
+    /// field ending in "\r" would swallow the separator after it (found by the fuzzer).
     public init?(relayPayload: String, room: String) {
-        let parts = relayPayload.split(separator: "\n", maxSplits: 3, omittingEmptySubsequences: false)
-        guard parts.count == 4, let id = MessageID(String(parts[0])), let ts = UInt64(parts[1]) else { return nil }
-        self.init(id: id, room: room, from: String(parts[2]), text: String(parts[3]), ts: ts)
+        let parts = relayPayload.utf8.split(separator: UInt8(ascii: "\n"), maxSplits: 3, omittingEmptySubsequences: false)
+            .map { String(decoding: $0, as: UTF8.self) }
+        guard parts.count == 4, let id = MessageID(parts[0]), let ts = UInt64(parts[1]) else { return nil }
+        self.init(id: id, room: room, from: parts[2], text: parts[3], ts: ts)
     }
 
     /// The JSON object of a `message` frame.
