@@ -22,7 +22,13 @@ public struct SessionStore: Sendable {
 
     static func key(hash: String) -> String { "sc:session:" + hash }
 
-    static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    public static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// A live session: its user and the instant (ms since 1970) its absolute lifetime ends.
+    public struct Session: Sendable, Equatable {
+        public var user: String
+        public var endsAtMs: Int64
+    }
 
     /// Creates a session for `user` with a fresh id and returns the id.
     public func create(user: String) async throws -> String {
@@ -35,18 +41,34 @@ public struct SessionStore: Sendable {
     /// The user of a live session, sliding its idle expiry; nil when unknown or expired.
     /// Throws `RedisError` when Redis cannot answer.
     public func validate(_ sessionID: String) async throws -> String? {
+        try await lookup(sessionID)?.user
+    }
+
+    /// A live session, sliding its idle expiry; nil when unknown or expired.
+    public func lookup(_ sessionID: String) async throws -> Session? {
         guard Self.isWellFormed(sessionID) else { return nil }
         let key = Self.key(hash: Self.hash(sessionID))
         guard let value = try await redis.send(["GET", key]).string else { return nil }
         let parts = value.split(separator: "\n", maxSplits: 1)
         guard parts.count == 2, let created = Int64(parts[1]) else { return nil }
-        let remaining = Int64(absoluteSeconds) - (Self.nowMs() - created) / 1000
+        let session = Session(user: String(parts[0]), endsAtMs: created + Int64(absoluteSeconds) * 1000)
+        guard try await slide(key: key, endsAtMs: session.endsAtMs) else { return nil }
+        return session
+    }
+
+    /// Keeps a session that an open WebSocket is using from expiring for idleness (never past
+    /// its absolute end). False when the session is gone: logged out, expired, or past its end.
+    public func keepAlive(hash: String, endsAtMs: Int64) async throws -> Bool {
+        try await slide(key: Self.key(hash: hash), endsAtMs: endsAtMs)
+    }
+
+    private func slide(key: String, endsAtMs: Int64) async throws -> Bool {
+        let remaining = (endsAtMs - Self.nowMs()) / 1000
         guard remaining > 0 else {
             try await redis.send(["DEL", key])
-            return nil
+            return false
         }
-        try await redis.send(["EXPIRE", key, String(min(Int64(idleSeconds), remaining))])
-        return String(parts[0])
+        return try await redis.send(["EXPIRE", key, String(min(Int64(idleSeconds), remaining))]).int == 1
     }
 
     /// Deletes the session and tells every worker to close its sockets (4001). True if it existed.

@@ -14,6 +14,7 @@ struct WorkerContext: Sendable {
     let logger: Logger
     let maxQueuedFrames: Int
     let pingInterval: TimeAmount
+    let sessions: SessionStore
 }
 
 /// One client's WebSocket after the upgrade: validates every frame, runs them
@@ -25,6 +26,10 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     let ctx: WorkerContext
     let info: ConnectionInfo
     let sessionHash: String
+    /// When the session's absolute lifetime ends: the socket closes with 4001 then.
+    let sessionEndsAtMs: Int64
+    /// When this socket last kept its session from expiring for idleness.
+    private var sessionTouched = NIODeadline.now()
     private var logger: Logger
     private var context: ChannelHandlerContext?
 
@@ -48,10 +53,11 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     private var pendingFrames = 0
     private static let pendingHigh = 64, pendingLow = 16
 
-    init(ctx: WorkerContext, info: ConnectionInfo, sessionHash: String) {
+    init(ctx: WorkerContext, info: ConnectionInfo, sessionHash: String, sessionEndsAtMs: Int64) {
         self.ctx = ctx
         self.info = info
         self.sessionHash = sessionHash
+        self.sessionEndsAtMs = sessionEndsAtMs
         var logger = ctx.logger
         logger[metadataKey: "connection.id"] = "\(info.id)"
         logger[metadataKey: "user"] = "\(info.user)"
@@ -221,9 +227,32 @@ final class ChatConnectionHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
+            h.checkSession(loopBound)
             var data = context.channel.allocator.buffer(capacity: 8)
             data.writeInteger(UInt64(NIODeadline.now().uptimeNanoseconds))
             context.writeAndFlush(h.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+        }
+    }
+
+    /// An open socket is activity: it keeps its session from expiring for idleness (refreshed
+    /// every half idle period, checked at each ping), but never past the session's absolute end,
+    /// when the socket closes with 4001 like a logout. A session gone from Redis closes it too.
+    private func checkSession(_ loopBound: NIOLoopBound<ChatConnectionHandler>) {
+        guard SessionStore.nowMs() < sessionEndsAtMs else {
+            logger.info("session reached its absolute lifetime; closing")
+            closeWith(code: 4001)
+            return
+        }
+        let now = NIODeadline.now()
+        guard now - sessionTouched >= .milliseconds(Int64(ctx.sessions.idleSeconds) * 500) else { return }
+        sessionTouched = now
+        let sessions = ctx.sessions, hash = sessionHash, endsAt = sessionEndsAtMs, eventLoop = context!.eventLoop
+        Task {
+            guard let alive = try? await sessions.keepAlive(hash: hash, endsAtMs: endsAt), !alive else { return }
+            Self.onLoop(loopBound, eventLoop) { h in
+                h.logger.info("session ended; closing")
+                h.closeWith(code: 4001)
+            }
         }
     }
 

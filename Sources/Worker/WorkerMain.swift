@@ -61,7 +61,8 @@ enum WorkerMain {
             store: store,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             coordinator: coordinator, logger: logger, maxQueuedFrames: maxQueued,
-            pingInterval: .milliseconds(Int64(pingSeconds * 1000))
+            pingInterval: .milliseconds(Int64(pingSeconds * 1000)),
+            sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute)
         )
         let roomChannel = MessageStore.channel(ChatLimits.lobby)
         let subscriber = RedisSubscriber(

@@ -13,6 +13,7 @@ import ServiceLifecycle
 struct UpgradeState: Sendable {
     var user: String?
     var sessionHash: String?
+    var sessionEndsAtMs: Int64 = 0
     var refusal: HTTPResponseStatus = .unauthorized
 }
 
@@ -89,10 +90,11 @@ struct WorkerService: Service {
                         let promise = channel.eventLoop.makePromise(of: HTTPHeaders?.self)
                         promise.completeWithTask {
                             do {
-                                guard let user = try await sessions.validate(sid) else { return nil }
+                                guard let session = try await sessions.lookup(sid) else { return nil }
                                 state.withLockedValue {
-                                    $0.user = user
+                                    $0.user = session.user
                                     $0.sessionHash = SessionStore.hash(sid)
+                                    $0.sessionEndsAtMs = session.endsAtMs
                                 }
                                 return HTTPHeaders([("X-SecureChat-Worker", workerID)])
                             } catch {
@@ -112,7 +114,7 @@ struct WorkerService: Service {
                             let sync = channel.pipeline.syncOperations
                             // Sits after the WebSocket handlers otherwise, and would see frames.
                             sync.removeHandler(refused.value, promise: nil)
-                            try sync.addHandler(ChatConnectionHandler(ctx: ctx, info: info, sessionHash: hash))
+                            try sync.addHandler(ChatConnectionHandler(ctx: ctx, info: info, sessionHash: hash, sessionEndsAtMs: s.sessionEndsAtMs))
                         }
                     }
                 )

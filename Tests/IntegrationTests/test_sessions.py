@@ -1,0 +1,168 @@
+"""Session audit and brute force, against real deployments: idle and absolute expiry (also of
+open sockets), logout everywhere, stolen-cookie replay, and dictionary runs against one account
+and across accounts from one address. Fixation and cookie flags are in test_http.py."""
+import asyncio
+import hashlib
+import time
+
+import requests
+import websockets
+
+from conftest import wait_until
+from wsclient import Client, run
+
+
+def me(deployment, sid):
+    return requests.get(deployment.base + "/api/me", cookies={"sc_session": sid}, verify=deployment.ca, timeout=5)
+
+
+def session_key(sid):
+    return "sc:session:" + hashlib.sha256(sid.encode()).hexdigest()
+
+
+def upgrade_status(deployment, sid):
+    async def attempt():
+        try:
+            ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
+                                          additional_headers={"Cookie": "sc_session=" + sid, "Origin": deployment.origin},
+                                          open_timeout=10)
+        except websockets.InvalidStatus as e:
+            return e.response.status_code
+        await ws.close()
+        return 101
+    return run(attempt())
+
+
+def test_idle_expiry_slides_with_use_and_ends_without(make_deployment):
+    d = make_deployment(workers=1, extra_args=["--session-idle-seconds", "2", "--session-max-seconds", "60"])
+    sid = d.login("alice").cookies["sc_session"]
+    # Used every half second for twice the idle period: still valid.
+    start = time.monotonic()
+    while time.monotonic() - start < 4:
+        assert me(d, sid).status_code == 200
+        time.sleep(0.5)  # pacing the use, not waiting for the service
+    last_use = time.monotonic()
+    assert me(d, sid).status_code == 200
+    # Watched in Redis: asking the gateway would itself be a use.
+    wait_until(lambda: d.redis("EXISTS", session_key(sid)) == "0", 10, interval=0.1, what="idle expiry")
+    idle_for = time.monotonic() - last_use
+    assert 1.0 <= idle_for <= 4, idle_for
+    assert me(d, sid).status_code == 401
+    assert upgrade_status(d, sid) == 401
+
+
+def test_absolute_expiry_ends_a_session_in_use_and_closes_its_socket(make_deployment):
+    d = make_deployment(workers=1, extra_args=["--session-idle-seconds", "60", "--session-max-seconds", "4",
+                                               "--ping-seconds", "0.5"])
+    s = d.login("alice")
+    sid = s.cookies["sc_session"]
+    logged_in = time.monotonic()
+
+    async def scenario():
+        c = await Client.connect(d, s)
+        # The socket closes with 4001 (session expired) once the lifetime is over, although it was in use.
+        code = await c.closed_code(timeout=12)
+        return code, time.monotonic() - logged_in
+
+    code, after = run(scenario())
+    assert code == 4001
+    assert 3 <= after <= 8, after
+    assert me(d, sid).status_code == 401
+    assert d.redis("EXISTS", session_key(sid)) == "0"
+
+
+def test_an_open_socket_keeps_its_session_from_idle_expiry(make_deployment):
+    d = make_deployment(workers=1, extra_args=["--session-idle-seconds", "2", "--session-max-seconds", "60",
+                                               "--ping-seconds", "0.25"])
+    s = d.login("alice")
+    sid = s.cookies["sc_session"]
+
+    async def scenario():
+        c = await Client.connect(d, s)
+        # No HTTP use for three idle periods; the open socket keeps the session.
+        start = time.monotonic()
+        while time.monotonic() - start < 6:
+            assert d.redis("EXISTS", session_key(sid)) == "1"
+            await asyncio.sleep(0.25)  # sampling, not synchronisation
+        ack = await c.send_text("still logged in")
+        assert ack["type"] == "ack"
+        await c.close()
+
+    run(scenario())
+    assert me(d, sid).status_code == 200
+    # Without the socket, the session idles out as usual.
+    wait_until(lambda: d.redis("EXISTS", session_key(sid)) == "0", 10, interval=0.2, what="idle expiry after close")
+
+
+def test_logout_takes_effect_everywhere_and_a_stolen_cookie_replays_nothing(make_deployment):
+    d = make_deployment(workers=2, extra_args=["--gateways", "2"])
+    s = d.login("bob")
+    sid = s.cookies["sc_session"]
+
+    async def scenario():
+        clients = [await Client.connect(d, s) for _ in range(4)]
+        assert len({c.worker for c in clients}) == 2, "sockets on both workers"
+        r = s.post(d.base + "/api/logout", headers={"Origin": d.origin})
+        assert r.status_code == 200
+        codes = await asyncio.gather(*(c.closed_code() for c in clients))
+        assert codes == [4001] * 4
+
+    run(scenario())
+    # A copy of the cookie taken before the logout: refused by every gateway (new connections are
+    # spread over both by SO_REUSEPORT), for pages, the API, the socket and logout itself.
+    for _ in range(10):
+        assert me(d, sid).status_code == 401
+        assert requests.get(d.base + "/chat", cookies={"sc_session": sid}, verify=d.ca, allow_redirects=False).status_code == 302
+    assert upgrade_status(d, sid) == 401
+    assert requests.post(d.base + "/api/logout", cookies={"sc_session": sid}, headers={"Origin": d.origin},
+                         verify=d.ca).status_code == 401
+
+
+DICTIONARY = ["123456", "password", "qwerty", "letmein", "dragon", "monkey", "abc123", "iloveyou", "admin",
+              "welcome", "football", "shadow", "master", "sunshine", "princess", "trustno1", "baseball",
+              "superman", "batman", "starwars", "passw0rd", "hello123", "freedom", "whatever", "zaq12wsx"]
+
+
+def login(d, user, password, **kw):
+    return requests.post(d.base + "/api/login", json={"username": user, "password": password}, verify=d.ca, timeout=10, **kw)
+
+
+def test_dictionary_against_one_account_is_throttled(deployment):
+    d = deployment
+    statuses = [login(d, "bob", word).status_code for word in DICTIONARY]
+    # 5 failures a minute per user name: 5 guesses were checked, the other 20 refused unchecked.
+    assert statuses == [401] * 5 + [429] * 20, statuses
+    # The right password does not get through the throttle either (else guessing goes on)...
+    limited = login(d, "bob", "pw-bob-123456")
+    assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
+    retry_after = int(limited.headers["Retry-After"])
+    assert 1 <= retry_after <= 13
+    # ...but it is a throttle, not a lockout: it works again once Retry-After has passed.
+    throttled_at = time.monotonic()
+    wait_until(lambda: login(d, "bob", "pw-bob-123456").status_code == 200, retry_after + 10, interval=1,
+               what="login after Retry-After")
+    assert time.monotonic() - throttled_at >= retry_after - 1
+    # Other accounts were never affected.
+    assert login(d, "carol", "pw-carol-123456").status_code == 200
+
+
+def test_spraying_across_accounts_from_one_address_is_throttled(deployment):
+    d = deployment
+    held = d.login("dave")  # a session from before the spray
+    users = ["user%02d" % i for i in range(22)] + ["alice", "bob", "carol"]
+    # One guess per account, some accounts real, some not; a forged X-Forwarded-For changes nothing.
+    statuses = [login(d, u, DICTIONARY[i], headers={"X-Forwarded-For": "203.0.113.%d" % i}).status_code
+                for i, u in enumerate(users)]
+    # 20 failures a minute per address: the 21st guess onwards is refused unchecked.
+    assert statuses == [401] * 20 + [429] * 5, statuses
+    # A refused guess looks the same for a real and an unknown account.
+    real, unknown = login(d, "dave", "nope"), login(d, "nobody-at-all", "nope")
+    assert real.status_code == unknown.status_code == 429
+    assert real.content == unknown.content
+    # Sessions already held go on working: the throttle is on logins, not on people already in.
+    async def chat():
+        c = await Client.connect(d, held)
+        ack = await c.send_text("after the spray")
+        await c.close()
+        return ack["type"]
+    assert run(chat()) == "ack"
