@@ -93,6 +93,31 @@ http {
     return proc, conf_dir
 
 
+def cpu_seconds(pids):
+    """User + system CPU time the given processes have used so far."""
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def nginx_pids(proc):
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return [proc.pid] + [int(p) for p in out]
+
+
+def measured(run, pids):
+    """Runs a fanout and adds the proxy's CPU cost per 1,000 delivered messages."""
+    before = cpu_seconds(pids)
+    r = run()
+    used = cpu_seconds(pids) - before
+    r["proxy_cpu_s"] = round(used, 2)
+    r["proxy_cpu_ms_per_1000"] = round(1e6 * used / max(1, r["delivered"]), 3)
+    return r
+
+
 def _port_open(port):
     import socket
     with socket.socket() as s:
@@ -146,9 +171,10 @@ def run(args):
             try:
                 s = sessions_file(d, 10 if q else 100)
                 steps = ["--sessions", s, "--clients", 20 if q else 100, "--senders", 2 if q else 10,
-                         "--seconds", 1 if q else 5, "--rates", "1,2" if q else "10,20,30,40,50,60,80,100"]
-                ours = generator("fanout", d, ["--name", "splice-gateway"] + steps)
-                theirs = generator("fanout", d, ["--name", "splice-nginx"] + steps, url="https://127.0.0.1:%d" % nginx_port)
+                         "--seconds", 1 if q else 5, "--rates", "1,2" if q else "10,20,40,60,80,100,125,150,200"]
+                ours = measured(lambda: generator("fanout", d, ["--name", "splice-gateway"] + steps), [d.pid_of("gateway")])
+                theirs = measured(lambda: generator("fanout", d, ["--name", "splice-nginx"] + steps,
+                                                    url="https://127.0.0.1:%d" % nginx_port), nginx_pids(proc))
                 # p99 compared at the highest rate both sustained.
                 common = min(ours["rate_per_sender"], theirs["rate_per_sender"])
                 p99_at = lambda r: next((st["p99_ms"] for st in r["steps"] if st["rate_per_sender"] == common), None)
@@ -157,11 +183,16 @@ def run(args):
                     "delivered_per_s_ratio": round(ours["delivered_per_s"] / max(1, theirs["delivered_per_s"]), 3),
                     "compared_at_rate_per_sender": common,
                     "p99_at_common_rate_ratio": round((p99_at(ours) or 0) / max(0.001, p99_at(theirs) or 0.001), 3),
-                    "gateway": {k: ours.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms")},
-                    "nginx": {k: theirs.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms")},
+                    # CPU the proxy spent per delivered message over the whole run: which proxy saturates first
+                    # when it, not the shared worker and generator, is the limit.
+                    "proxy_cpu_per_delivery_ratio": round(ours["proxy_cpu_ms_per_1000"] / max(0.001, theirs["proxy_cpu_ms_per_1000"]), 3),
+                    "gateway": {k: ours.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000")},
+                    "nginx": {k: theirs.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000")},
                 }
-                print("\n== splice (ours / nginx)\n  best delivered/s ratio %.3f, p99 ratio at %s msg/s per sender %.3f" %
-                      (ratio["delivered_per_s_ratio"], common, ratio["p99_at_common_rate_ratio"]))
+                print("\n== splice (ours / nginx)\n  best delivered/s ratio %.3f, p99 ratio at %s msg/s per sender %.3f,"
+                      " proxy CPU per delivery ratio %.3f (%.3f vs %.3f ms per 1,000)" %
+                      (ratio["delivered_per_s_ratio"], common, ratio["p99_at_common_rate_ratio"],
+                       ratio["proxy_cpu_per_delivery_ratio"], ours["proxy_cpu_ms_per_1000"], theirs["proxy_cpu_ms_per_1000"]))
                 print(json.dumps(ratio, sort_keys=True))
                 results += [ours, theirs, ratio]
             finally:
