@@ -227,7 +227,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
-            h.checkSession(loopBound)
+            h.checkSession(loopBound, eventLoop: context.eventLoop)
             var data = context.channel.allocator.buffer(capacity: 8)
             data.writeInteger(UInt64(NIODeadline.now().uptimeNanoseconds))
             context.writeAndFlush(h.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
@@ -237,7 +237,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     /// An open socket is activity: it keeps its session from expiring for idleness (refreshed
     /// every half idle period, checked at each ping), but never past the session's absolute end,
     /// when the socket closes with 4001 like a logout. A session gone from Redis closes it too.
-    private func checkSession(_ loopBound: NIOLoopBound<ChatConnectionHandler>) {
+    private func checkSession(_ loopBound: NIOLoopBound<ChatConnectionHandler>, eventLoop: EventLoop) {
         guard SessionStore.nowMs() < sessionEndsAtMs else {
             logger.info("session reached its absolute lifetime; closing")
             closeWith(code: 4001)
@@ -246,7 +246,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
         let now = NIODeadline.now()
         guard now - sessionTouched >= .milliseconds(Int64(ctx.sessions.idleSeconds) * 500) else { return }
         sessionTouched = now
-        let sessions = ctx.sessions, hash = sessionHash, endsAt = sessionEndsAtMs, eventLoop = context!.eventLoop
+        let sessions = ctx.sessions, hash = sessionHash, endsAt = sessionEndsAtMs
         Task {
             guard let alive = try? await sessions.keepAlive(hash: hash, endsAtMs: endsAt), !alive else { return }
             Self.onLoop(loopBound, eventLoop) { h in
