@@ -5,7 +5,8 @@ and prints a table and one JSON line per scenario (see docs/benchmarks.md).
     scripts/bench --quick         every scenario at toy size: proves the harness works (CI)
     scripts/bench fanout room     only these
 
-Scenarios: fanout, room, idle, storm, splice (gateway vs nginx), coordinator."""
+Scenarios: fanout, room, idle, storm, splice (gateway vs nginx), coordinator; and, only when named,
+syscalls (system calls per delivery of each proxy at one equal load; needs Debian's linux-perf)."""
 import argparse
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,6 +120,38 @@ def measured(run, pids):
     return r
 
 
+SYSCALL_EVENTS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom",
+                  "syscalls:sys_enter_write", "syscalls:sys_enter_sendto", "syscalls:sys_enter_epoll_wait",
+                  "context-switches"]
+
+
+def _event_name(event):
+    name = event.split(":")[-1]
+    return "all" if name == "sys_enter" else name.replace("sys_enter_", "")
+
+
+def counted(run, pids, seconds):
+    """Runs a fanout step and counts the proxy's system calls (perf tracepoints) over `seconds` of its middle."""
+    counts = {}
+
+    def count():
+        time.sleep(3)
+        r = subprocess.run(["perf", "stat", "-x,", "-e", ",".join(SYSCALL_EVENTS), "-p", ",".join(map(str, pids)),
+                            "--", "sleep", str(seconds)], capture_output=True, text=True)
+        for line in r.stderr.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[0].isdigit():
+                counts[_event_name(fields[2])] = int(fields[0])
+
+    t = threading.Thread(target=count)
+    t.start()
+    r = run()
+    t.join()
+    delivered = r["steps"][0]["delivered_per_s"] * seconds
+    r["per_delivery"] = {k: round(v / max(1, delivered), 3) for k, v in counts.items()}
+    return r
+
+
 def _port_open(port):
     import socket
     with socket.socket() as s:
@@ -195,6 +229,32 @@ def run(args):
                        ratio["proxy_cpu_per_delivery_ratio"], ours["proxy_cpu_ms_per_1000"], theirs["proxy_cpu_ms_per_1000"]))
                 print(json.dumps(ratio, sort_keys=True))
                 results += [ours, theirs, ratio]
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+                shutil.rmtree(conf_dir, ignore_errors=True)
+                d.stop()
+        if "syscalls" in selected:
+            if not shutil.which("perf"):
+                raise SystemExit("the syscalls scenario needs perf: apt-get install -y linux-perf")
+            d = conftest.Deployment(users, workers=1, extra_args=FAST)
+            nginx_port = conftest.free_port()
+            proc, conf_dir = nginx_proxy(d, os.path.join(d.state, "worker-1.sock"), nginx_port)
+            try:
+                s = sessions_file(d, 10 if q else 100)
+                step = ["--sessions", s, "--clients", 20 if q else 100, "--senders", 2 if q else 10,
+                        "--seconds", 5 if q else 14, "--rates", "2" if q else "80"]
+                window = 1 if q else 8
+                ours = counted(lambda: generator("fanout", d, ["--name", "syscalls-gateway"] + step), [d.pid_of("gateway")], window)
+                theirs = counted(lambda: generator("fanout", d, ["--name", "syscalls-nginx"] + step,
+                                                   url="https://127.0.0.1:%d" % nginx_port), nginx_pids(proc), window)
+                summary = {"scenario": "syscalls", "gateway": ours["per_delivery"], "nginx": theirs["per_delivery"],
+                           "delivered_per_s": {"gateway": ours["delivered_per_s"], "nginx": theirs["delivered_per_s"]}}
+                print("\n== system calls per delivered message (ours | nginx)")
+                for k in map(_event_name, SYSCALL_EVENTS):
+                    print("  %-20s %8s | %s" % (k, ours["per_delivery"].get(k), theirs["per_delivery"].get(k)))
+                print(json.dumps(summary, sort_keys=True))
+                results.append(summary)
             finally:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=10)
