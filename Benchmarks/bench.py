@@ -96,13 +96,15 @@ http {
 
 
 def cpu_seconds(pids):
-    """User + system CPU time the given processes have used so far."""
-    total = 0
+    """(user, system) CPU time the given processes have used so far."""
+    user = system = 0
     for pid in pids:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])  # utime and stime: fields 14 and 15 of stat
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def nginx_pids(proc):
@@ -110,19 +112,57 @@ def nginx_pids(proc):
     return [proc.pid] + [int(p) for p in out]
 
 
-def measured(run, pids):
-    """Runs a fanout and adds the proxy's CPU cost per 1,000 delivered messages."""
-    before = cpu_seconds(pids)
+def measured(run, pids, step_seconds):
+    """Runs a fanout and adds the proxy's CPU cost per 1,000 messages delivered over all its steps."""
+    user0, system0 = cpu_seconds(pids)
     r = run()
-    used = cpu_seconds(pids) - before
-    r["proxy_cpu_s"] = round(used, 2)
-    r["proxy_cpu_ms_per_1000"] = round(1e6 * used / max(1, r["delivered"]), 3)
+    user1, system1 = cpu_seconds(pids)
+    user, system = user1 - user0, system1 - system0
+    delivered = max(1, sum(st["delivered_per_s"] for st in r["steps"]) * step_seconds)
+    r["proxy_cpu_s"] = round(user + system, 2)
+    r["proxy_cpu_ms_per_1000"] = round(1e6 * (user + system) / delivered, 3)
+    r["proxy_user_ms_per_1000"] = round(1e6 * user / delivered, 3)
+    r["proxy_system_ms_per_1000"] = round(1e6 * system / delivered, 3)
     return r
 
 
 SYSCALL_EVENTS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom",
                   "syscalls:sys_enter_write", "syscalls:sys_enter_sendto", "syscalls:sys_enter_epoll_wait",
                   "context-switches"]
+
+
+CGROUP_CPU = "/sys/fs/cgroup/cpu"
+
+
+class CpuCap:
+    """Caps a set of processes to a share of one CPU (a cgroup v1 CFS quota), so that a proxy
+    under test, not the worker and the generator that share the machine with it, is the limit."""
+
+    def __init__(self, name, share, pids):
+        self.path = os.path.join(CGROUP_CPU, name)
+        os.makedirs(self.path, exist_ok=True)
+        with open(os.path.join(self.path, "cpu.cfs_period_us"), "w") as f:
+            f.write("100000")
+        with open(os.path.join(self.path, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(int(share * 100000)))
+        for pid in pids:
+            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+
+    @staticmethod
+    def available():
+        return os.access(CGROUP_CPU, os.W_OK)
+
+    def release(self):
+        with open(os.path.join(self.path, "cgroup.procs")) as f:
+            pids = f.read().split()
+        for pid in pids:
+            try:
+                with open(os.path.join(CGROUP_CPU, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass  # exited meanwhile
+        os.rmdir(self.path)
 
 
 def _event_name(event):
@@ -204,24 +244,39 @@ def run(args):
             proc, conf_dir = nginx_proxy(d, os.path.join(d.state, "worker-1.sock"), nginx_port)
             try:
                 s = sessions_file(d, 10 if q else 100)
+                capped = args.proxy_cpu > 0 and CpuCap.available() and not q
+                rates = "5,10,15,20,25,30,35,40,50,60,80" if capped else "10,20,40,60,80,100,125,150,200"
                 steps = ["--sessions", s, "--clients", 20 if q else 100, "--senders", 2 if q else 10,
-                         "--seconds", 1 if q else 5, "--rates", "1,2" if q else "10,20,40,60,80,100,125,150,200"]
-                ours = measured(lambda: generator("fanout", d, ["--name", "splice-gateway"] + steps), [d.pid_of("gateway")])
-                theirs = measured(lambda: generator("fanout", d, ["--name", "splice-nginx"] + steps,
-                                                    url="https://127.0.0.1:%d" % nginx_port), nginx_pids(proc))
+                         "--seconds", 1 if q else 5, "--rates", "1,2" if q else rates]
+                caps = []
+                if capped:
+                    # Each proxy gets the same CPU budget, so that it saturates before the rest.
+                    caps = [CpuCap("securechat-bench-gateway", args.proxy_cpu, [d.pid_of("gateway")]),
+                            CpuCap("securechat-bench-nginx", args.proxy_cpu, nginx_pids(proc))]
+                try:
+                    ours = measured(lambda: generator("fanout", d, ["--name", "splice-gateway"] + steps),
+                                    [d.pid_of("gateway")], 1 if q else 5)
+                    theirs = measured(lambda: generator("fanout", d, ["--name", "splice-nginx"] + steps,
+                                                        url="https://127.0.0.1:%d" % nginx_port), nginx_pids(proc), 1 if q else 5)
+                finally:
+                    for cap in caps:
+                        cap.release()
                 # p99 compared at the highest rate both sustained.
                 common = min(ours["rate_per_sender"], theirs["rate_per_sender"])
                 p99_at = lambda r: next((st["p99_ms"] for st in r["steps"] if st["rate_per_sender"] == common), None)
                 ratio = {
                     "scenario": "splice",
+                    "proxy_cpu_share": args.proxy_cpu if capped else None,
                     "delivered_per_s_ratio": round(ours["delivered_per_s"] / max(1, theirs["delivered_per_s"]), 3),
                     "compared_at_rate_per_sender": common,
                     "p99_at_common_rate_ratio": round((p99_at(ours) or 0) / max(0.001, p99_at(theirs) or 0.001), 3),
                     # CPU the proxy spent per delivered message over the whole run: which proxy saturates first
                     # when it, not the shared worker and generator, is the limit.
                     "proxy_cpu_per_delivery_ratio": round(ours["proxy_cpu_ms_per_1000"] / max(0.001, theirs["proxy_cpu_ms_per_1000"]), 3),
-                    "gateway": {k: ours.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000")},
-                    "nginx": {k: theirs.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000")},
+                    "gateway": {k: ours.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000",
+                                                       "proxy_user_ms_per_1000", "proxy_system_ms_per_1000")},
+                    "nginx": {k: theirs.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000",
+                                                       "proxy_user_ms_per_1000", "proxy_system_ms_per_1000")},
                 }
                 print("\n== splice (ours / nginx)\n  best delivered/s ratio %.3f, p99 ratio at %s msg/s per sender %.3f,"
                       " proxy CPU per delivery ratio %.3f (%.3f vs %.3f ms per 1,000)" %
@@ -282,4 +337,6 @@ if __name__ == "__main__":
     p.add_argument("scenarios", nargs="*")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--idle-connections", type=int, default=16000)
+    p.add_argument("--proxy-cpu", type=float, default=0.25,
+                   help="splice: cap each proxy to this share of one CPU (cgroup v1, needs root); 0 for no cap")
     run(p.parse_args())
