@@ -189,8 +189,11 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     /// A client that lets the queue overflow is closed with 4008: what it has not
     /// read is dropped, and it reconnects and `sync`s.
     private func send(_ bytes: ByteBuffer) {
+        send(WebSocketFrame(fin: true, opcode: .text, data: bytes))
+    }
+
+    private func send(_ frame: WebSocketFrame) {
         guard let context, !closing else { return }
-        let frame = WebSocketFrame(fin: true, opcode: .text, data: bytes)
         if outgoing.isEmpty && context.channel.isWritable {
             context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
             return
@@ -271,7 +274,7 @@ final class ChatConnectionHandler: ChannelInboundHandler {
     private func sendMessage(_ frame: SharedFrame) {
         guard frame.message.id > lastSent else { return }
         lastSent = frame.message.id
-        send(frame.bytes)
+        send(frame.frame)
     }
 
     /// Pauses live delivery (before a replay).

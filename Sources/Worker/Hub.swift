@@ -1,6 +1,7 @@
 import ChatCore
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOWebSocket
 import Proto
 
 /// The worker's local connections and its fan-out: one Redis subscription for
@@ -184,13 +185,14 @@ final class Hub: Sendable {
     }
 }
 
-/// A message frame encoded once and shared by every receiver.
+/// A message frame encoded once and shared by every receiver: the JSON bytes and the
+/// WebSocket frame around them (copies share its storage, so a receiver allocates nothing).
 struct SharedFrame: Sendable {
     let message: ChatMessage
-    let bytes: ByteBuffer
+    let frame: WebSocketFrame
 
     init(message: ChatMessage) {
         self.message = message
-        self.bytes = ByteBuffer(string: message.json)
+        self.frame = WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: message.json))
     }
 }
