@@ -8,6 +8,7 @@ and prints a table and one JSON line per scenario (see docs/benchmarks.md).
 Scenarios: fanout, room, idle, storm, splice (gateway vs nginx), coordinator; and, only when named,
 syscalls (system calls per delivery of each proxy at one equal load; needs Debian's linux-perf)."""
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -192,6 +193,27 @@ def counted(run, pids, seconds):
     return r
 
 
+@contextlib.contextmanager
+def behind_both_proxies(users):
+    """One worker behind our gateway and behind nginx: yields (deployment, nginx process, nginx URL)."""
+    d = conftest.Deployment(users, workers=1, extra_args=FAST)
+    try:
+        port = conftest.free_port()
+        proc, conf_dir = nginx_proxy(d, os.path.join(d.state, "worker-1.sock"), port)
+        try:
+            yield d, proc, "https://127.0.0.1:%d" % port
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+            shutil.rmtree(conf_dir, ignore_errors=True)
+    finally:
+        d.stop()
+
+
+PROXY_FIELDS = ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000",
+                "proxy_user_ms_per_1000", "proxy_system_ms_per_1000")
+
+
 def _port_open(port):
     import socket
     with socket.socket() as s:
@@ -239,15 +261,13 @@ def run(args):
             finally:
                 d.stop()
         if "splice" in selected:
-            d = conftest.Deployment(users, workers=1, extra_args=FAST)
-            nginx_port = conftest.free_port()
-            proc, conf_dir = nginx_proxy(d, os.path.join(d.state, "worker-1.sock"), nginx_port)
-            try:
+            with behind_both_proxies(users) as (d, proc, nginx_url):
                 s = sessions_file(d, 10 if q else 100)
                 capped = args.proxy_cpu > 0 and CpuCap.available() and not q
                 rates = "5,10,15,20,25,30,35,40,50,60,80" if capped else "10,20,40,60,80,100,125,150,200"
+                seconds = 1 if q else 5
                 steps = ["--sessions", s, "--clients", 20 if q else 100, "--senders", 2 if q else 10,
-                         "--seconds", 1 if q else 5, "--rates", "1,2" if q else rates]
+                         "--seconds", seconds, "--rates", "1,2" if q else rates]
                 caps = []
                 if capped:
                     # Each proxy gets the same CPU budget, so that it saturates before the rest.
@@ -255,9 +275,9 @@ def run(args):
                             CpuCap("securechat-bench-nginx", args.proxy_cpu, nginx_pids(proc))]
                 try:
                     ours = measured(lambda: generator("fanout", d, ["--name", "splice-gateway"] + steps),
-                                    [d.pid_of("gateway")], 1 if q else 5)
-                    theirs = measured(lambda: generator("fanout", d, ["--name", "splice-nginx"] + steps,
-                                                        url="https://127.0.0.1:%d" % nginx_port), nginx_pids(proc), 1 if q else 5)
+                                    [d.pid_of("gateway")], seconds)
+                    theirs = measured(lambda: generator("fanout", d, ["--name", "splice-nginx"] + steps, url=nginx_url),
+                                      nginx_pids(proc), seconds)
                 finally:
                     for cap in caps:
                         cap.release()
@@ -273,10 +293,8 @@ def run(args):
                     # CPU the proxy spent per delivered message over the whole run: which proxy saturates first
                     # when it, not the shared worker and generator, is the limit.
                     "proxy_cpu_per_delivery_ratio": round(ours["proxy_cpu_ms_per_1000"] / max(0.001, theirs["proxy_cpu_ms_per_1000"]), 3),
-                    "gateway": {k: ours.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000",
-                                                       "proxy_user_ms_per_1000", "proxy_system_ms_per_1000")},
-                    "nginx": {k: theirs.get(k) for k in ("delivered_per_s", "rate_per_sender", "p50_ms", "p99_ms", "proxy_cpu_ms_per_1000",
-                                                       "proxy_user_ms_per_1000", "proxy_system_ms_per_1000")},
+                    "gateway": {k: ours.get(k) for k in PROXY_FIELDS},
+                    "nginx": {k: theirs.get(k) for k in PROXY_FIELDS},
                 }
                 print("\n== splice (ours / nginx)\n  best delivered/s ratio %.3f, p99 ratio at %s msg/s per sender %.3f,"
                       " proxy CPU per delivery ratio %.3f (%.3f vs %.3f ms per 1,000)" %
@@ -284,25 +302,17 @@ def run(args):
                        ratio["proxy_cpu_per_delivery_ratio"], ours["proxy_cpu_ms_per_1000"], theirs["proxy_cpu_ms_per_1000"]))
                 print(json.dumps(ratio, sort_keys=True))
                 results += [ours, theirs, ratio]
-            finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-                shutil.rmtree(conf_dir, ignore_errors=True)
-                d.stop()
         if "syscalls" in selected:
             if not shutil.which("perf"):
                 raise SystemExit("the syscalls scenario needs perf: apt-get install -y linux-perf")
-            d = conftest.Deployment(users, workers=1, extra_args=FAST)
-            nginx_port = conftest.free_port()
-            proc, conf_dir = nginx_proxy(d, os.path.join(d.state, "worker-1.sock"), nginx_port)
-            try:
+            with behind_both_proxies(users) as (d, proc, nginx_url):
                 s = sessions_file(d, 10 if q else 100)
                 step = ["--sessions", s, "--clients", 20 if q else 100, "--senders", 2 if q else 10,
                         "--seconds", 5 if q else 14, "--rates", "2" if q else "80"]
                 window = 1 if q else 8
                 ours = counted(lambda: generator("fanout", d, ["--name", "syscalls-gateway"] + step), [d.pid_of("gateway")], window)
-                theirs = counted(lambda: generator("fanout", d, ["--name", "syscalls-nginx"] + step,
-                                                   url="https://127.0.0.1:%d" % nginx_port), nginx_pids(proc), window)
+                theirs = counted(lambda: generator("fanout", d, ["--name", "syscalls-nginx"] + step, url=nginx_url),
+                                 nginx_pids(proc), window)
                 summary = {"scenario": "syscalls", "gateway": ours["per_delivery"], "nginx": theirs["per_delivery"],
                            "delivered_per_s": {"gateway": ours["delivered_per_s"], "nginx": theirs["delivered_per_s"]}}
                 print("\n== system calls per delivered message (ours | nginx)")
@@ -310,11 +320,6 @@ def run(args):
                     print("  %-20s %8s | %s" % (k, ours["per_delivery"].get(k), theirs["per_delivery"].get(k)))
                 print(json.dumps(summary, sort_keys=True))
                 results.append(summary)
-            finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-                shutil.rmtree(conf_dir, ignore_errors=True)
-                d.stop()
         if "coordinator" in selected:
             d = conftest.Deployment(users, workers=1)
             try:

@@ -128,7 +128,7 @@ extension ClientBootstrap {
     }
 }
 
-extension ChannelOptions.Types.RecvAllocatorOption {
+extension AdaptiveRecvByteBufferAllocator {
     /// Read buffers for long-lived chat streams: most reads are one small frame, and a
     /// channel keeps its last read buffer, so start small (NIO's default starts at 2 KiB)
     /// and let the adaptive allocator grow it for busy streams.

@@ -62,7 +62,7 @@ extension GatewayHTTPHandler {
             let bootstrap = ClientBootstrap(group: loop)
                 .connectTimeout(.seconds(2))
                 .channelOption(.autoRead, value: true)
-                .channelOption(.recvAllocator, value: ChannelOptions.Types.RecvAllocatorOption.chatStream)
+                .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator.chatStream)
                 .channelInitializer { ch in
                     ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(workerGlueBound.value) }
                 }

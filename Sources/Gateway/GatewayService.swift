@@ -31,7 +31,7 @@ struct GatewayService: Service {
             // Several gateway processes may share the port.
             .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: ChannelOptions.Types.RecvAllocatorOption.chatStream)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator.chatStream)
             .childChannelInitializer { channel in
                 ctx.connections.add(channel)
                 return channel.eventLoop.makeCompletedFuture {

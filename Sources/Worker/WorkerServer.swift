@@ -125,7 +125,7 @@ struct WorkerService: Service {
                 }
             }
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
-            .childChannelOption(.recvAllocator, value: ChannelOptions.Types.RecvAllocatorOption.chatStream)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator.chatStream)
         let server = try await bootstrap.bind(to: listen)
         logger.info("worker listening", metadata: ["listen": "\(listen)", "worker.id": "\(workerID)"])
 

@@ -32,6 +32,7 @@ def scan(shared_deployment):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "sslyze.json"), "w") as f:
         f.write(ServerScanResultAsJson.model_validate(result).model_dump_json(indent=2))
+    _write_report(result.scan_result)
     return result.scan_result
 
 
@@ -59,7 +60,6 @@ def test_only_forward_secret_aead_suites(scan):
         assert "_GCM_" in name or "CHACHA20_POLY1305" in name, name
     for name in suites(scan, "tls_1_3_cipher_suites"):
         assert "_GCM_" in name or "CHACHA20_POLY1305" in name, name
-    _write_report(scan)
 
 
 def test_no_compression_and_secure_renegotiation(scan):
