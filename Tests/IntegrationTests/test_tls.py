@@ -1,7 +1,6 @@
 """TLS audit of the gateway with sslyze (PyPI): protocol versions, cipher suites, compression,
 renegotiation and the classic TLS attacks. The full result is saved as
 test-artifacts/tls/sslyze.json and summarised in test-artifacts/tls/report.txt (see docs/security.md)."""
-import json
 import os
 
 import pytest
