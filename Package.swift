@@ -51,7 +51,6 @@ let package = Package(
             dependencies: [
                 "Proto", "ChatCore",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -59,6 +58,7 @@ let package = Package(
             dependencies: [
                 "Proto", "ChatCore",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
@@ -82,7 +82,8 @@ let package = Package(
             dependencies: ["Proto", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .executableTarget(name: "Fuzz", dependencies: ["Fuzzing"]),
-        .testTarget(name: "ProtoTests", dependencies: ["Proto", "Fuzzing"]),
+        .testTarget(name: "ProtoTests", dependencies: ["Proto", "Fuzzing", .product(name: "NIOTestUtils", package: "swift-nio")]),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Proto"]),
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Proto"]),
     ],

@@ -3,3 +3,4 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <openssl/err.h>
+#include <openssl/hmac.h>

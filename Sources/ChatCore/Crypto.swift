@@ -34,13 +34,30 @@ public enum Crypto {
         sha256(Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
-    public static func sha1Hex(_ text: String) -> String {
-        let input = Array(text.utf8)
+    public static func sha1(_ input: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: Int(SHA_DIGEST_LENGTH))
         input.withUnsafeBufferPointer { i in
             out.withUnsafeMutableBufferPointer { o in _ = SHA1(i.baseAddress, i.count, o.baseAddress) }
         }
-        return out.map { String(format: "%02x", $0) }.joined()
+        return out
+    }
+
+    public static func sha1Hex(_ text: String) -> String {
+        sha1(Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// HMAC-SHA256 of `message` under `key`.
+    public static func hmacSHA256(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: Int(SHA256_DIGEST_LENGTH))
+        var length: UInt32 = 0
+        key.withUnsafeBufferPointer { k in
+            message.withUnsafeBufferPointer { m in
+                out.withUnsafeMutableBufferPointer { o in
+                    _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress, m.count, o.baseAddress, &length)
+                }
+            }
+        }
+        return out
     }
 
     /// Compares in time that depends only on the length.

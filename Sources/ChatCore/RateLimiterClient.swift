@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import Proto
 
 /// Asks the coordinator for global rate decisions; while it cannot be reached,
@@ -19,17 +20,26 @@ public final class RateLimiterClient: Sendable {
     /// Number of decisions taken locally so far.
     public var fallbackCount: Int { local.withLockedValue { $0.fallbacks } }
 
-    public func check(_ kind: RateLimitKind, key: String, consume: Bool = true) async -> GCRA.Decision {
-        do {
-            if case let .rate(allowed, retryAfterMs) = try await link.call(.rateCheck(kind: kind, key: key, consume: consume)) {
-                let wasFallingBack = local.withLockedValue { s -> Bool in
-                    defer { s.fallingBack = false }
-                    return s.fallingBack
-                }
-                if wasFallingBack { logger.info("coordinator back; global rate limits restored") }
-                return GCRA.Decision(allowed: allowed, retryAfter: Double(retryAfterMs) / 1000)
-            }
-        } catch {}
+    /// `check` as a future completed on `eventLoop` (for callers that stay on their event loop).
+    public func check(_ kind: RateLimitKind, key: String, consume: Bool = true, on eventLoop: EventLoop) -> EventLoopFuture<GCRA.Decision> {
+        link.callFuture(.rateCheck(kind: kind, key: key, consume: consume)).hop(to: eventLoop).flatMapThrowing { response in
+            guard case let .rate(allowed, retryAfterMs) = response else { throw CoordinatorUnavailable() }
+            self.restored()
+            return GCRA.Decision(allowed: allowed, retryAfter: Double(retryAfterMs) / 1000)
+        }.flatMapErrorThrowing { _ in
+            self.decideLocally(kind, key: key, consume: consume)
+        }
+    }
+
+    private func restored() {
+        let wasFallingBack = local.withLockedValue { s -> Bool in
+            defer { s.fallingBack = false }
+            return s.fallingBack
+        }
+        if wasFallingBack { logger.info("coordinator back; global rate limits restored") }
+    }
+
+    private func decideLocally(_ kind: RateLimitKind, key: String, consume: Bool) -> GCRA.Decision {
         let now = Date().timeIntervalSince1970
         let (decision, first) = local.withLockedValue { s -> (GCRA.Decision, Bool) in
             let first = !s.fallingBack
@@ -39,5 +49,13 @@ public final class RateLimiterClient: Sendable {
         }
         if first { logger.warning("coordinator unreachable; rate limits decided locally until it is back") }
         return decision
+    }
+
+    public func check(_ kind: RateLimitKind, key: String, consume: Bool = true) async -> GCRA.Decision {
+        if case let .rate(allowed, retryAfterMs)? = try? await link.call(.rateCheck(kind: kind, key: key, consume: consume)) {
+            restored()
+            return GCRA.Decision(allowed: allowed, retryAfter: Double(retryAfterMs) / 1000)
+        }
+        return decideLocally(kind, key: key, consume: consume)
     }
 }

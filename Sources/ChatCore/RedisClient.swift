@@ -167,6 +167,23 @@ public final class RedisClient: Service, Sendable {
         return promise.futureResult
     }
 
+    /// `sendFuture` with error replies failed as `RedisError.server`, completed on `eventLoop`.
+    public func sendChecked(_ args: [String], on eventLoop: EventLoop) -> EventLoopFuture<RESPValue> {
+        sendFuture(args).hop(to: eventLoop).flatMapThrowing { value in
+            if case let .error(message) = value { throw RedisError.server(message) }
+            return value
+        }
+    }
+
+    /// `evalScript` as a future completed on `eventLoop`.
+    public func evalScriptFuture(_ script: RedisScript, keys: [String], args: [String], on eventLoop: EventLoop) -> EventLoopFuture<RESPValue> {
+        let tail = [String(keys.count)] + keys + args
+        return sendChecked(["EVALSHA", script.sha1] + tail, on: eventLoop).flatMapError { error in
+            guard let e = error as? RedisError, e.isNoScript else { return eventLoop.makeFailedFuture(error) }
+            return self.sendChecked(["EVAL", script.source] + tail, on: eventLoop)
+        }
+    }
+
     /// Runs a Lua script by SHA, loading it on NOSCRIPT (after a Redis restart).
     public func evalScript(_ script: RedisScript, keys: [String], args: [String]) async throws -> RESPValue {
         let tail = [String(keys.count)] + keys + args

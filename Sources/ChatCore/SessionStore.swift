@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// Sessions in Redis. The key holds the SHA-256 of the session id, so a copy
 /// of Redis' data holds no usable cookie; the value is `user \n createdMs`.
@@ -60,6 +61,32 @@ public struct SessionStore: Sendable {
     /// its absolute end). False when the session is gone: logged out, expired, or past its end.
     public func keepAlive(hash: String, endsAtMs: Int64) async throws -> Bool {
         try await slide(key: Self.key(hash: hash), endsAtMs: endsAtMs)
+    }
+
+    /// A live session looked up by the hash of its id (what a worker is given), sliding its
+    /// idle expiry; nil when unknown or expired. Completed on `eventLoop`.
+    public func lookup(hash: String, on eventLoop: EventLoop) -> EventLoopFuture<Session?> {
+        let key = Self.key(hash: hash)
+        return redis.sendChecked(["GET", key], on: eventLoop).flatMap { value -> EventLoopFuture<Session?> in
+            guard let text = value.string else { return eventLoop.makeSucceededFuture(nil) }
+            let parts = text.split(separator: "\n", maxSplits: 1)
+            guard parts.count == 2, let created = Int64(parts[1]) else { return eventLoop.makeSucceededFuture(nil) }
+            let session = Session(user: String(parts[0]), endsAtMs: created + Int64(absoluteSeconds) * 1000)
+            return slide(key: key, endsAtMs: session.endsAtMs, on: eventLoop).map { $0 ? session : nil }
+        }
+    }
+
+    /// `keepAlive` as a future completed on `eventLoop`.
+    public func keepAlive(hash: String, endsAtMs: Int64, on eventLoop: EventLoop) -> EventLoopFuture<Bool> {
+        slide(key: Self.key(hash: hash), endsAtMs: endsAtMs, on: eventLoop)
+    }
+
+    private func slide(key: String, endsAtMs: Int64, on eventLoop: EventLoop) -> EventLoopFuture<Bool> {
+        let remaining = (endsAtMs - Self.nowMs()) / 1000
+        guard remaining > 0 else {
+            return redis.sendChecked(["DEL", key], on: eventLoop).map { _ in false }
+        }
+        return redis.sendChecked(["EXPIRE", key, String(min(Int64(idleSeconds), remaining))], on: eventLoop).map { $0.int == 1 }
     }
 
     private func slide(key: String, endsAtMs: Int64) async throws -> Bool {

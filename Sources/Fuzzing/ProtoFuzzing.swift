@@ -13,7 +13,7 @@ import Proto
 /// replay in `swift test`, and the replay mode of the plain `securechat-fuzz` executable.
 public enum ProtoFuzzing {
     public enum Target: UInt8, CaseIterable, Sendable {
-        case clientFrame, messageID, relayPayload, coordinatorFrame, lengthPrefixed
+        case clientFrame, messageID, relayPayload, coordinatorFrame, lengthPrefixed, linkFrames
     }
 
     /// Runs one input; returns a description of the violated property, or nil.
@@ -27,6 +27,7 @@ public enum ProtoFuzzing {
         case .relayPayload: return relayPayload(String(decoding: body, as: UTF8.self))
         case .coordinatorFrame: return coordinatorFrame(Array(body))
         case .lengthPrefixed: return lengthPrefixed(Array(body))
+        case .linkFrames: return linkFrames(Array(body))
         }
     }
 
@@ -88,6 +89,31 @@ public enum ProtoFuzzing {
         encoded.moveReaderIndex(forwardBy: 4)
         guard let again = try? CoordinatorCodec.decode(encoded), again == frame else { return "coordinator frame does not round-trip" }
         return nil
+    }
+
+    /// A gateway–worker link stream: every frame the decoder accepts is bounded (the handshake
+    /// limit before `proof`/`challenge`) and re-encodes to exactly the bytes it came from, so
+    /// the codec has one encoding per frame and no field is lost or invented.
+    static func linkFrames(_ bytes: [UInt8]) -> String? {
+        var decoder = LinkFrameDecoder()
+        var buffer = ByteBuffer(bytes: bytes)
+        var handshaking = true
+        while true {
+            let start = buffer.readerIndex
+            let frame: LinkFrame
+            do {
+                guard let f = try decoder.next(&buffer) else { return nil }
+                frame = f
+            } catch {
+                return nil
+            }
+            let consumed = Array(bytes[start..<buffer.readerIndex])
+            if handshaking && consumed.count - 4 > LinkCodec.maxHandshakeBytes { return "frame over the handshake limit passed" }
+            if case .proof = frame { handshaking = false }
+            if case .challenge = frame { handshaking = false }
+            let again = LinkCodec.encode(frame)
+            if Array(again.readableBytesView) != consumed { return "link frame \(frame) does not re-encode to its bytes" }
+        }
     }
 
     /// The input is split in two reads at a point it chooses; frames must come out whole,

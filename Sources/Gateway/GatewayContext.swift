@@ -22,6 +22,8 @@ struct GatewayContext: Sendable {
     let requestTimeout: TimeAmount
     let directory: WorkerDirectory
     let connections: ConnectionRegistry
+    let links: GatewayLinks
+    let streamLimits: StreamLimits
 
     /// Origins allowed for this request: the configured ones, else `https://` + Host.
     func isAllowedOrigin(_ origin: String, host: String?) -> Bool {
@@ -111,9 +113,9 @@ final class WorkerDirectory: Service, Sendable {
 }
 
 /// Client connections of this gateway, so a shutdown can close idle HTTP ones
-/// at once and wait for spliced WebSocket streams to be drained by their workers.
+/// at once and wait for WebSocket streams to be drained by their workers.
 final class ConnectionRegistry: Sendable {
-    private let channels = NIOLockedValueBox<[ObjectIdentifier: (channel: Channel, spliced: Bool)]>([:])
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: (channel: Channel, stream: Bool)]>([:])
 
     func add(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
@@ -121,14 +123,14 @@ final class ConnectionRegistry: Sendable {
         channel.closeFuture.whenComplete { _ in _ = self.channels.withLockedValue { $0.removeValue(forKey: id) } }
     }
 
-    func markSpliced(_ channel: Channel) {
-        channels.withLockedValue { $0[ObjectIdentifier(channel)]?.spliced = true }
+    func markStream(_ channel: Channel) {
+        channels.withLockedValue { $0[ObjectIdentifier(channel)]?.stream = true }
     }
 
     var count: Int { channels.withLockedValue { $0.count } }
 
     func closeIdle() {
-        for c in channels.withLockedValue({ $0.values.filter { !$0.spliced } }) { c.channel.close(promise: nil) }
+        for c in channels.withLockedValue({ $0.values.filter { !$0.stream } }) { c.channel.close(promise: nil) }
     }
 
     func closeAll() {

@@ -113,7 +113,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private static func sessionID(_ head: HTTPRequestHead) -> String? {
+    static func sessionID(_ head: HTTPRequestHead) -> String? {
         SessionStore.sessionID(fromCookieHeaders: head.headers["cookie"])
     }
 

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Proto
 import ServiceLifecycle
 
 /// `securechat-gateway`: the public HTTPS/WSS port.
@@ -14,7 +15,7 @@ enum GatewayMain {
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.gateway")
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
-        let port: Int, idle: Int, absolute: Int, requestTimeout: Double
+        let port: Int, idle: Int, absolute: Int, requestTimeout: Double, pingSeconds: Double, maxQueued: Int, maxQueuedBytes: Int
         let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let tls: NIOSSLContext
@@ -23,6 +24,13 @@ enum GatewayMain {
         do {
             port = try options.int("port", default: 5001)
             requestTimeout = try options.double("request-timeout-seconds", default: 10)
+            pingSeconds = try options.double("ping-seconds", default: 30)
+            guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
+            maxQueued = try options.int("max-queued-frames", default: 1024)
+            maxQueuedBytes = try options.int("max-queued-bytes", default: 1 << 20)
+            guard maxQueued > 0, maxQueuedBytes >= ChatLimits.maxFrameBytes else {
+                throw Options.Invalid("--max-queued-frames must be positive and --max-queued-bytes at least 65536")
+            }
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
@@ -50,13 +58,17 @@ enum GatewayMain {
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
         let coordinator = CoordinatorLink(endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
         let directory = WorkerDirectory(link: coordinator, logger: logger)
+        let gatewayID = options.string("id", default: "gateway-\(getpid())")
         let ctx = GatewayContext(
             sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
             redis: redis, coordinator: coordinator,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024,
             requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory,
-            connections: ConnectionRegistry()
+            connections: ConnectionRegistry(),
+            links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger),
+            streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
+                                       pingInterval: .milliseconds(Int64(pingSeconds * 1000)))
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
         var services: [any Service] = [redis, coordinator, directory, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]

@@ -60,7 +60,7 @@ struct RunCommand {
         children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs))
         for i in 1...workers {
             var args = common + ["--id", "worker-\(i)", "--listen", "\(stateDir)/worker-\(i).sock"]
-            for name in ["history", "history-max", "max-queued-frames", "ping-seconds"] {
+            for name in ["history", "history-max", "max-queued-frames"] {
                 if let v = options.string(name) { args += ["--\(name)", v] }
             }
             children.append(Child(name: "worker-\(i)", executable: bin + "/securechat-worker", arguments: args))
@@ -69,7 +69,9 @@ struct RunCommand {
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
                                     "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
         if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
-        if let t = options.string("request-timeout-seconds") { gatewayArgs += ["--request-timeout-seconds", t] }
+        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes"] {
+            if let v = options.string(name) { gatewayArgs += ["--\(name)", v] }
+        }
         let gateways = try options.int("gateways", default: 1)
         for i in 1...max(1, gateways) {
             children.append(Child(name: gateways > 1 ? "gateway-\(i)" : "gateway", executable: bin + "/securechat-gateway", arguments: gatewayArgs))

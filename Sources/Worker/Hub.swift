@@ -1,21 +1,21 @@
 import ChatCore
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOWebSocket
 import Proto
 
-/// The worker's local connections and its fan-out: one Redis subscription for
-/// the worker, each message encoded once and handed to every connection on
-/// its own event loop.
+/// The worker's local streams and its fan-out: one Redis subscription for the worker,
+/// each message encoded once and handed to every gateway link on its own event loop.
 ///
 /// While the subscription is down (and until the gap is filled from the room
 /// stream after it comes back) live messages wait here, so connections see
 /// every message once and in id order.
 final class Hub: Sendable {
+    /// One client stream, for the questions asked across loops (registration, logout, drain).
     struct Entry: Sendable {
         let info: ConnectionInfo
         let sessionHash: String
-        let handler: NIOLoopBound<ChatConnectionHandler>
+        let stream: UInt32
+        let link: NIOLoopBound<WorkerLinkHandler>
         let eventLoop: EventLoop
     }
 
@@ -29,42 +29,48 @@ final class Hub: Sendable {
         var epoch = 0
     }
 
-    /// The connections of one event loop, touched only on that loop: a broadcast is
-    /// one task per loop that walks its connections, not one task per connection.
-    private struct LoopConnections: Sendable {
+    /// The gateway links of one event loop, touched only on that loop: a broadcast is one
+    /// task per loop that hands the message to each link there, which sends one frame.
+    private struct LoopLinks: Sendable {
         let eventLoop: EventLoop
-        let handlers: NIOLoopBoundBox<LoopHandlers>
+        let links: NIOLoopBoundBox<LinkSet>
     }
 
-    final class LoopHandlers {
-        var byID: [String: ChatConnectionHandler] = [:]
+    final class LinkSet {
+        var byID: [ObjectIdentifier: WorkerLinkHandler] = [:]
     }
 
     private let entries = NIOLockedValueBox<[String: Entry]>([:])
-    private let loops: [ObjectIdentifier: LoopConnections]
+    private let loops: [ObjectIdentifier: LoopLinks]
     private let relay = NIOLockedValueBox(Relay())
     private let drained = NIOLockedValueBox<Set<String>>([])
     private let maxWaiting: Int
 
     init(group: EventLoopGroup, maxWaiting: Int = 100_000) {
-        var loops: [ObjectIdentifier: LoopConnections] = [:]
+        var loops: [ObjectIdentifier: LoopLinks] = [:]
         for loop in group.makeIterator() {
-            loops[ObjectIdentifier(loop)] = LoopConnections(eventLoop: loop, handlers: .makeBoxSendingValue(LoopHandlers(), eventLoop: loop))
+            loops[ObjectIdentifier(loop)] = LoopLinks(eventLoop: loop, links: .makeBoxSendingValue(LinkSet(), eventLoop: loop))
         }
         self.loops = loops
         self.maxWaiting = maxWaiting
     }
 
-    /// Called on the connection's event loop.
-    func add(_ entry: Entry) {
-        entries.withLockedValue { $0[entry.info.id] = entry }
-        loops[ObjectIdentifier(entry.eventLoop)]?.handlers.value.byID[entry.info.id] = entry.handler.value
+    /// Called on the link's event loop.
+    func addLink(_ link: WorkerLinkHandler, eventLoop: EventLoop) {
+        loops[ObjectIdentifier(eventLoop)]?.links.value.byID[ObjectIdentifier(link)] = link
     }
 
-    /// Called on the connection's event loop.
+    /// Called on the link's event loop.
+    func removeLink(_ link: WorkerLinkHandler, eventLoop: EventLoop) {
+        loops[ObjectIdentifier(eventLoop)]?.links.value.byID.removeValue(forKey: ObjectIdentifier(link))
+    }
+
+    func add(_ entry: Entry) {
+        entries.withLockedValue { $0[entry.info.id] = entry }
+    }
+
     func remove(_ id: String, eventLoop: EventLoop) {
         _ = entries.withLockedValue { $0.removeValue(forKey: id) }
-        loops[ObjectIdentifier(eventLoop)]?.handlers.value.byID.removeValue(forKey: id)
     }
 
     var connections: [ConnectionInfo] { entries.withLockedValue { $0.values.map(\.info) } }
@@ -77,11 +83,11 @@ final class Hub: Sendable {
         return Array(known.union(localUsers)).sorted()
     }
 
-    private func forEach(where predicate: (Entry) -> Bool = { _ in true }, _ body: @escaping @Sendable (ChatConnectionHandler) -> Void) {
+    private func forEach(where predicate: (Entry) -> Bool, _ body: @escaping @Sendable (WorkerLinkHandler, UInt32) -> Void) {
         let targets = entries.withLockedValue { $0.values.filter(predicate) }
         for t in targets {
-            let handler = t.handler
-            t.eventLoop.execute { body(handler.value) }
+            let link = t.link, stream = t.stream
+            t.eventLoop.execute { body(link.value, stream) }
         }
     }
 
@@ -104,14 +110,19 @@ final class Hub: Sendable {
         broadcast { $0.deliverLive(frame) }
     }
 
-    /// Runs `body` for every connection, one task per event loop.
-    private func broadcast(_ body: @escaping @Sendable (ChatConnectionHandler) -> Void) {
+    /// Runs `body` for every gateway link, one task per event loop.
+    private func broadcast(_ body: @escaping @Sendable (WorkerLinkHandler) -> Void) {
         for l in loops.values {
-            let handlers = l.handlers
+            let links = l.links
             l.eventLoop.execute {
-                for h in handlers.value.byID.values { body(h) }
+                for link in links.value.byID.values { body(link) }
             }
         }
+    }
+
+    /// Tells every gateway that this worker drains.
+    func announceDraining() {
+        broadcast { $0.announceDraining() }
     }
 
     /// The subscription is gone: hold live messages until the gap is filled.
@@ -164,12 +175,12 @@ final class Hub: Sendable {
     }
 
     private func sendPresence(user: String, online: Bool) {
-        let json = ServerFrame.presence(user: user, online: online).json
-        broadcast { $0.sendEvent(json) }
+        let payload = ByteBuffer(string: ServerFrame.presence(user: user, online: online).json)
+        broadcast { $0.deliverEvent(payload) }
     }
 
     func closeSessions(hash: String, code: UInt16) {
-        forEach(where: { $0.sessionHash == hash }) { $0.closeWith(code: code) }
+        forEach(where: { $0.sessionHash == hash }) { link, stream in link.closeStream(stream, code: code) }
     }
 
     /// Closes up to `limit` connections not yet asked to close; returns how many it asked.
@@ -178,21 +189,20 @@ final class Hub: Sendable {
         let targets = entries.withLockedValue { e in Array(e.values.filter { !asked.contains($0.info.id) }.prefix(limit)) }
         drained.withLockedValue { d in for t in targets { d.insert(t.info.id) } }
         for t in targets {
-            let handler = t.handler
-            t.eventLoop.execute { handler.value.closeWith(code: code) }
+            let link = t.link, stream = t.stream
+            t.eventLoop.execute { link.value.closeStream(stream, code: code) }
         }
         return targets.count
     }
 }
 
-/// A message frame encoded once and shared by every receiver: the JSON bytes and the
-/// WebSocket frame around them (copies share its storage, so a receiver allocates nothing).
+/// A message encoded once and shared by every link (copies share the buffer's storage).
 struct SharedFrame: Sendable {
     let message: ChatMessage
-    let frame: WebSocketFrame
+    let payload: ByteBuffer
 
     init(message: ChatMessage) {
         self.message = message
-        self.frame = WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: message.json))
+        self.payload = ByteBuffer(string: message.json)
     }
 }

@@ -1,4 +1,5 @@
 import ChatCore
+import NIOCore
 import Proto
 
 /// Room history and relay in Redis: one capped stream per room, one pub/sub
@@ -42,6 +43,49 @@ struct MessageStore: Sendable {
             throw RedisError.unexpectedReply
         }
         return (id, items[1].int == 1)
+    }
+
+    /// `append` as a future completed on `eventLoop`.
+    func append(room: String, from user: String, text: String, ref: String?, on eventLoop: EventLoop) -> EventLoopFuture<(MessageID, Bool)> {
+        let keys = [ref.map { Self.refKey(user: user, ref: $0) } ?? "", Self.streamKey(room), Self.channel(room), Self.trimmedKey(room)]
+        return redis.evalScriptFuture(Self.appendScript, keys: keys, args: [user, text, String(streamMax), String(refTTLSeconds)], on: eventLoop)
+            .flatMapThrowing { reply in
+                guard let items = reply.array, items.count == 2, let idText = items[0].string, let id = MessageID(idText) else {
+                    throw RedisError.unexpectedReply
+                }
+                return (id, items[1].int == 1)
+            }
+    }
+
+    /// `storedID` as a future completed on `eventLoop`.
+    func storedID(user: String, ref: String, on eventLoop: EventLoop) -> EventLoopFuture<MessageID?> {
+        redis.sendChecked(["GET", Self.refKey(user: user, ref: ref)], on: eventLoop).map { $0.string.flatMap(MessageID.init) }
+    }
+
+    /// `recent` as a future completed on `eventLoop`.
+    func recent(room: String, on eventLoop: EventLoop) -> EventLoopFuture<[ChatMessage]> {
+        redis.sendChecked(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", String(historyCount)], on: eventLoop)
+            .map { Self.messages(from: $0, room: room).reversed() }
+    }
+
+    /// `since` as a future: `each` runs on `eventLoop` for every page, in order.
+    func since(_ since: MessageID, room: String, batch: Int = 500, on eventLoop: EventLoop,
+               each: @escaping @Sendable ([ChatMessage]) -> Void) -> EventLoopFuture<Bool> {
+        let redis = self.redis
+        func page(after cursor: MessageID) -> EventLoopFuture<Void> {
+            redis.sendChecked(["XRANGE", Self.streamKey(room), "(\(cursor)", "+", "COUNT", String(batch)], on: eventLoop).flatMap { reply in
+                let messages = Self.messages(from: reply, room: room)
+                if !messages.isEmpty { each(messages) }
+                guard messages.count == batch, let last = messages.last else { return eventLoop.makeSucceededVoidFuture() }
+                return page(after: last.id)
+            }
+        }
+        return page(after: since).flatMap {
+            redis.sendChecked(["GET", Self.trimmedKey(room)], on: eventLoop).map { reply in
+                guard let trimmed = reply.string.flatMap(MessageID.init) else { return true }
+                return since >= trimmed
+            }
+        }
     }
 
     /// The id a ref was stored under, if the user sent it recently.

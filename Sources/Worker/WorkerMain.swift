@@ -6,7 +6,7 @@ import NIOPosix
 import Proto
 import ServiceLifecycle
 
-/// `securechat-worker`: serves WebSocket streams handed over by gateways.
+/// `securechat-worker`: serves the chat of the client streams gateways open on their links.
 @main
 enum WorkerMain {
     static func main() async {
@@ -16,7 +16,7 @@ enum WorkerMain {
         let workerID = options.string("id", default: "worker-\(getpid())")
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
-        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, pingSeconds: Double
+        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int
         do {
             listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
@@ -27,8 +27,6 @@ enum WorkerMain {
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             maxQueued = try options.int("max-queued-frames", default: 1024)
-            pingSeconds = try options.double("ping-seconds", default: 30)
-            guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
                 throw Options.Invalid("--history must be 1...1000 and no more than --history-max")
             }
@@ -60,9 +58,9 @@ enum WorkerMain {
             workerID: workerID, hub: hub,
             store: store,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
-            coordinator: coordinator, logger: logger, maxQueuedFrames: maxQueued,
-            pingInterval: .milliseconds(Int64(pingSeconds * 1000)),
-            sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute)
+            coordinator: coordinator, logger: logger, maxHeldFrames: maxQueued,
+            sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
+            auth: LinkAuth(secret: options.string("cluster-secret"))
         )
         let roomChannel = MessageStore.channel(ChatLimits.lobby)
         let subscriber = RedisSubscriber(
@@ -83,12 +81,11 @@ enum WorkerMain {
                 }
             }
         )
-        let sessions = SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute)
         // Started in this order, stopped in reverse: the server drains first, Redis goes last.
         var services: [any Service] = [
             redis, subscriber, coordinator,
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
-            WorkerService(listen: listen, advertise: advertise, ctx: ctx, sessions: sessions, readiness: readiness, group: group, logger: logger, drainBatch: 50),
+            WorkerService(listen: listen, ctx: ctx, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -5,48 +5,30 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOWebSocket
 import Proto
 import ServiceLifecycle
 
-/// What the upgrade check learned about one connection.
-struct UpgradeState: Sendable {
-    var user: String?
-    var sessionHash: String?
-    var sessionEndsAtMs: Int64 = 0
-    var refusal: HTTPResponseStatus = .unauthorized
-}
-
-/// Answers requests that did not become WebSocket streams, and the worker's
-/// own `GET /healthz` (200 while subscribed to Redis, 503 otherwise).
-final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// The worker's own `GET /healthz` on its link socket: 200 while subscribed to Redis, 503
+/// otherwise. Anything else gets 404.
+final class WorkerHealthHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
-    let state: NIOLockedValueBox<UpgradeState>
-    let health: @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int)
+    typealias Health = @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int)
+    let health: Health
 
-    init(state: NIOLockedValueBox<UpgradeState>, health: @escaping @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int)) {
-        self.state = state
+    init(health: @escaping Health) {
         self.health = health
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case let .head(head) = unwrapInboundIn(data) else { return }
-        if head.method == .GET && head.uri == "/healthz" {
-            let h = health()
-            let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions)}"
-            respond(context, h.subscribed ? .ok : .serviceUnavailable, body)
+        guard head.method == .GET && head.uri == "/healthz" else {
+            respond(context, .notFound, "{\"ok\":false,\"error\":\"not_found\"}")
             return
         }
-        let isUpgrade = head.headers["upgrade"].contains { $0.lowercased() == "websocket" }
-        let status: HTTPResponseStatus = isUpgrade ? state.withLockedValue { $0.refusal } : .badRequest
-        let error: String
-        switch status {
-        case .unauthorized: error = "unauthenticated"
-        case .serviceUnavailable: error = "unavailable"
-        default: error = "bad_request"
-        }
-        respond(context, status, "{\"ok\":false,\"error\":\"\(error)\"}")
+        let h = health()
+        let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions)}"
+        respond(context, h.subscribed ? .ok : .serviceUnavailable, body)
     }
 
     private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ json: String) {
@@ -61,78 +43,77 @@ final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 }
 
-/// Serves WebSocket streams handed over by gateways; drains on graceful shutdown.
+/// The first bytes on the worker's socket decide what it is: `GET ` is an operator's or a
+/// test's health check (HTTP/1.1), anything else must be a gateway link's handshake.
+final class LinkOrHealthSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private var seen: ByteBuffer?
+    private let link: @Sendable (Channel) throws -> Void
+    private let health: @Sendable (Channel) throws -> Void
+
+    init(link: @escaping @Sendable (Channel) throws -> Void, health: @escaping @Sendable (Channel) throws -> Void) {
+        self.link = link
+        self.health = health
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var chunk = unwrapInboundIn(data)
+        if seen == nil { seen = chunk } else { seen!.writeBuffer(&chunk) }
+        guard let buffer = seen, buffer.readableBytes >= 4 else { return }
+        let isHTTP = buffer.getString(at: buffer.readerIndex, length: 4) == "GET "
+        do {
+            try (isHTTP ? health : link)(context.channel)
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        seen = nil
+        context.fireChannelRead(wrapInboundOut(buffer))
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+    }
+}
+
+/// Serves gateway links (and the health check) on the worker's socket; drains on graceful shutdown.
 struct WorkerService: Service {
     let listen: Endpoint
-    let advertise: String
     let ctx: WorkerContext
-    let sessions: SessionStore
     let readiness: WorkerReadiness
     let group: EventLoopGroup
     let logger: Logger
     let drainBatch: Int
 
     func run() async throws {
-        let ctx = self.ctx, sessions = self.sessions, workerID = ctx.workerID, readiness = self.readiness
+        let ctx = self.ctx, workerID = ctx.workerID, readiness = self.readiness
+        let health: WorkerHealthHandler.Health = { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count, ctx.limiter.fallbackCount) }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in
-                let state = NIOLockedValueBox(UpgradeState())
-                let refused = NIOLoopBound(RefusedUpgradeHandler(state: state, health: { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count, ctx.limiter.fallbackCount) }),
-                                           eventLoop: channel.eventLoop)
-                let upgrader = NIOWebSocketServerUpgrader(
-                    maxFrameSize: ChatLimits.maxFrameBytes,
-                    automaticErrorHandling: true,
-                    shouldUpgrade: { channel, head in
-                        guard let sid = SessionStore.sessionID(fromCookieHeaders: head.headers["cookie"]) else {
-                            return channel.eventLoop.makeSucceededFuture(nil)
-                        }
-                        let promise = channel.eventLoop.makePromise(of: HTTPHeaders?.self)
-                        promise.completeWithTask {
-                            do {
-                                guard let session = try await sessions.lookup(sid) else { return nil }
-                                state.withLockedValue {
-                                    $0.user = session.user
-                                    $0.sessionHash = SessionStore.hash(sid)
-                                    $0.sessionEndsAtMs = session.endsAtMs
-                                }
-                                return HTTPHeaders([("X-SecureChat-Worker", workerID)])
-                            } catch {
-                                state.withLockedValue { $0.refusal = .serviceUnavailable }
-                                return nil
-                            }
-                        }
-                        return promise.futureResult
-                    },
-                    upgradePipelineHandler: { channel, _ in
-                        let s = state.withLockedValue { $0 }
-                        guard let user = s.user, let hash = s.sessionHash else {
-                            return channel.close()
-                        }
-                        let info = ConnectionInfo(id: "\(workerID).\(UInt64.random(in: 0...UInt64.max))", user: user)
-                        return channel.eventLoop.makeCompletedFuture {
-                            let sync = channel.pipeline.syncOperations
-                            // Sits after the WebSocket handlers otherwise, and would see frames.
-                            sync.removeHandler(refused.value, promise: nil)
-                            try sync.addHandler(ChatConnectionHandler(ctx: ctx, info: info, sessionHash: hash, sessionEndsAtMs: s.sessionEndsAtMs))
-                        }
-                    }
-                )
-                return channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.configureHTTPServerPipeline(withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
-                    try sync.addHandler(refused.value)
+                channel.eventLoop.makeCompletedFuture {
+                    let sniffer = LinkOrHealthSniffer(
+                        link: { ch in
+                            try ch.pipeline.syncOperations.addHandlers([
+                                ByteToMessageHandler(LinkFrameDecoder()),
+                                MessageToByteHandler(LinkFrameEncoder()),
+                                WorkerLinkHandler(ctx: ctx),
+                            ])
+                        },
+                        health: { ch in
+                            try ch.pipeline.syncOperations.configureHTTPServerPipeline()
+                            try ch.pipeline.syncOperations.addHandler(WorkerHealthHandler(health: health))
+                        })
+                    try channel.pipeline.syncOperations.addHandler(sniffer)
                 }
             }
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator.chatStream)
         let server = try await bootstrap.bind(to: listen)
         logger.info("worker listening", metadata: ["listen": "\(listen)", "worker.id": "\(workerID)"])
 
         try? await gracefulShutdown()
-        // Drain: no new hand-offs, then move clients elsewhere in small batches (1012: reconnect at once).
+        // Drain: no new streams, then move clients elsewhere in small batches (1012: reconnect at once).
         logger.info("worker draining", metadata: ["connections": "\(ctx.hub.count)"])
         _ = try? await ctx.coordinator.call(.unregister(worker: workerID))
+        ctx.hub.announceDraining()
         try? await server.close()
         let deadline = ContinuousClock.now + .seconds(10)
         while ctx.hub.count > 0 && ContinuousClock.now < deadline {

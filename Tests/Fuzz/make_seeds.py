@@ -1,6 +1,7 @@
 """Writes the seed corpus of securechat-fuzz (Tests/Fuzz/corpus). The first byte of each
 input selects the target: 0 client frame, 1 message id, 2 relay payload, 3 coordinator
-frame (JSON body), 4 length-prefixed stream. Run it again after adding seeds here."""
+frame (JSON body), 4 length-prefixed stream, 5 gateway–worker link frames (written by hand
+as 5-link-*; this script does not make them). Run it again after adding seeds here."""
 import os
 import struct
 
@@ -53,7 +54,8 @@ def main():
     out = os.path.join(HERE, "corpus")
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(out):
-        os.remove(os.path.join(out, name))
+        if not name.startswith("5-link-"):
+            os.remove(os.path.join(out, name))
     for target, (label, seeds) in enumerate([("client", CLIENT), ("id", IDS), ("relay", RELAY), ("coord", COORD), ("frames", FRAMES)]):
         for i, seed in enumerate(seeds):
             with open(os.path.join(out, "%d-%s-%02d" % (target, label, i)), "wb") as f:

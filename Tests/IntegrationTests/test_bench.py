@@ -14,8 +14,8 @@ def test_bench_quick_runs_every_scenario():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = out.stdout.split("== summary", 1)[1]
     reports = {r["scenario"]: r for r in (json.loads(l) for l in summary.splitlines() if l.startswith("{"))}
-    assert set(reports) >= {"fanout", "room", "idle", "storm", "splice-gateway", "splice-nginx", "splice", "coordinator"}
-    for name in ("fanout", "room", "splice-gateway", "splice-nginx"):
+    assert set(reports) >= {"fanout", "room", "idle", "storm", "cpu-1msg", "coordinator"}
+    for name in ("fanout", "room", "cpu-1msg"):
         r = reports[name]
         assert r["delivered"] > 0 and r["delivered"] == r["expected_deliveries"], r
         assert r["errors"] == 0
@@ -23,3 +23,4 @@ def test_bench_quick_runs_every_scenario():
     assert reports["idle"]["rss_after_kib"] > 0
     assert reports["storm"]["steps"][0]["ok"] > 0
     assert reports["coordinator"]["checks"] > 0
+    assert reports["cpu-1msg"]["server_cpu_us_per_delivery"] > 0

@@ -1,0 +1,253 @@
+import ChatCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Proto
+
+/// The gateway's end of one link to a worker: the handshake, then every client stream
+/// of this event loop that the worker serves. Frames from the worker are handed to the
+/// streams they name; a `deliver` reaches all of its streams from one read, and each
+/// stream's socket is flushed once per read burst.
+final class GatewayLinkHandler: ChannelInboundHandler {
+    typealias InboundIn = LinkFrame
+    typealias OutboundOut = LinkFrame
+
+    private enum State {
+        case connecting(nonce: [UInt8])
+        case ready
+        case closed
+    }
+
+    let workerID: String
+    private let gatewayID: String
+    private let auth: LinkAuth
+    private let logger: Logger
+    private let onClose: @Sendable () -> Void
+    let ready: EventLoopPromise<Void>
+    private var state: State
+    private var context: ChannelHandlerContext?
+    private var streams: [UInt32: GatewayStreamHandler] = [:]
+    private var nextStream: UInt32 = 1
+    private var touched: [GatewayStreamHandler] = []
+    private var needsFlush = false
+    /// The worker said it drains: no new streams go here.
+    private(set) var draining = false
+
+    init(workerID: String, gatewayID: String, auth: LinkAuth, logger: Logger, ready: EventLoopPromise<Void>,
+         onClose: @escaping @Sendable () -> Void) throws {
+        self.workerID = workerID
+        self.gatewayID = gatewayID
+        self.auth = auth
+        self.ready = ready
+        self.onClose = onClose
+        var logger = logger
+        logger[metadataKey: "worker.id"] = "\(workerID)"
+        self.logger = logger
+        state = .connecting(nonce: try LinkAuth.nonce())
+    }
+
+    var isUsable: Bool {
+        if case .ready = state { return !draining }
+        return false
+    }
+
+    var streamCount: Int { streams.count }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { sendHello(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        sendHello(context)
+        context.fireChannelActive()
+    }
+
+    private func sendHello(_ context: ChannelHandlerContext) {
+        guard case let .connecting(nonce) = state else { return }
+        context.writeAndFlush(wrapOutboundOut(.hello(version: LinkFrame.version, gateway: gatewayID, nonce: nonce)), promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let wasReady: Bool
+        if case .ready = state { wasReady = true } else { wasReady = false }
+        state = .closed
+        ready.fail(LinkDown())
+        onClose()
+        let all = streams
+        streams = [:]
+        if wasReady { logger.warning("worker link lost; closing its streams", metadata: ["streams": "\(all.count)"]) }
+        // The worker is gone: its clients reconnect (1012) and `sync` from their last id.
+        for s in all.values { s.linkClosed(code: 1012) }
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.warning("worker link error; closing", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch state {
+        case let .connecting(nonce):
+            guard case let .challenge(version, worker, workerNonce, proof) = frame, version == LinkFrame.version,
+                  worker == workerID, workerNonce.count == LinkFrame.nonceBytes,
+                  auth.verify(proof, expected: auth.workerProof(gatewayNonce: nonce, workerNonce: workerNonce)) else {
+                logger.error("worker link refused: the worker did not prove the cluster secret (or is not the worker routed to)")
+                context.close(promise: nil)
+                return
+            }
+            context.writeAndFlush(wrapOutboundOut(.proof(auth.gatewayProof(gatewayNonce: nonce, workerNonce: workerNonce))), promise: nil)
+            state = .ready
+            logger.debug("worker link up")
+            ready.succeed(())
+        case .ready:
+            workerFrame(frame, context: context)
+        case .closed:
+            break
+        }
+    }
+
+    private func workerFrame(_ frame: LinkFrame, context: ChannelHandlerContext) {
+        switch frame {
+        case let .send(id, payload):
+            if let s = streams[id] { s.sendText(payload); touched.append(s) }
+        case let .deliver(payload, ids):
+            for id in ids {
+                if let s = streams[id] { s.sendText(payload); touched.append(s) }
+            }
+        case let .close(id, code):
+            if let s = streams.removeValue(forKey: id) { s.linkClosed(code: code) }
+        case let .flow(id, read):
+            streams[id]?.setInputEnabled(read)
+        case .draining:
+            draining = true
+            logger.info("worker draining")
+        case let .ping(v):
+            write(.pong(v))
+        case .pong:
+            break
+        case .hello, .challenge, .proof, .open, .clientText, .clientClosed:
+            logger.warning("unexpected frame on a worker link; closing")
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        let streams = touched
+        touched.removeAll(keepingCapacity: true)
+        for s in streams { s.flushIfNeeded() }
+        flushIfNeeded()
+    }
+
+    // MARK: called by streams on this event loop
+
+    /// Opens a stream for a client; nil when the link cannot take one.
+    func open(_ stream: GatewayStreamHandler, user: String, sessionHash: String, address: String) -> UInt32? {
+        guard isUsable else { return nil }
+        let id = nextStream
+        nextStream = nextStream == .max ? 1 : nextStream + 1
+        streams[id] = stream
+        write(.open(stream: id, user: user, sessionHash: sessionHash, address: address, resumeAfter: nil))
+        flushIfNeeded()
+        return id
+    }
+
+    func clientText(_ id: UInt32, _ payload: ByteBuffer) {
+        guard streams[id] != nil else { return }
+        write(.clientText(stream: id, payload: payload))
+    }
+
+    func clientClosed(_ id: UInt32) {
+        guard streams.removeValue(forKey: id) != nil else { return }
+        write(.clientClosed(stream: id))
+        flushIfNeeded()
+    }
+
+    private func write(_ frame: LinkFrame) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(frame), promise: nil)
+        needsFlush = true
+    }
+
+    func flushIfNeeded() {
+        guard needsFlush, let context else { return }
+        needsFlush = false
+        context.flush()
+    }
+}
+
+struct LinkDown: Error, CustomStringConvertible {
+    var description: String { "worker link down" }
+}
+
+/// This gateway's links: one per (event loop, worker), made when a stream first needs it,
+/// so a client's stream and its link share a thread and no frame hops between threads.
+final class GatewayLinks: Sendable {
+    private final class Table {
+        var links: [String: EventLoopFuture<GatewayLinkHandler>] = [:]
+    }
+
+    private let tables: [ObjectIdentifier: NIOLoopBoundBox<Table>]
+    private let gatewayID: String
+    private let auth: LinkAuth
+    private let logger: Logger
+
+    init(group: EventLoopGroup, gatewayID: String, auth: LinkAuth, logger: Logger) {
+        var tables: [ObjectIdentifier: NIOLoopBoundBox<Table>] = [:]
+        for loop in group.makeIterator() {
+            tables[ObjectIdentifier(loop)] = .makeBoxSendingValue(Table(), eventLoop: loop)
+        }
+        self.tables = tables
+        self.gatewayID = gatewayID
+        self.auth = auth
+        self.logger = logger
+    }
+
+    /// The link to `worker` for streams of `loop` (called on `loop`), connecting it if needed.
+    func link(worker: String, endpoint: Endpoint, on loop: EventLoop) -> EventLoopFuture<GatewayLinkHandler> {
+        guard let table = tables[ObjectIdentifier(loop)] else { return loop.makeFailedFuture(LinkDown()) }
+        if let existing = table.value.links[worker] {
+            return existing.flatMapThrowing { link in
+                guard link.isUsable else { throw LinkDown() }
+                return link
+            }
+        }
+        let ready = loop.makePromise(of: Void.self)
+        let gatewayID = self.gatewayID, auth = self.auth, logger = self.logger
+        let forget: @Sendable () -> Void = {
+            loop.execute { table.value.links.removeValue(forKey: worker) }
+        }
+        let connected = ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(2))
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    let handler = try GatewayLinkHandler(workerID: worker, gatewayID: gatewayID, auth: auth, logger: logger,
+                                                         ready: ready, onClose: forget)
+                    try ch.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(LinkFrameDecoder()),
+                        MessageToByteHandler(LinkFrameEncoder()),
+                        handler,
+                    ])
+                }
+            }
+            .connect(to: endpoint)
+        let link = connected.flatMap { channel in
+            let timeout = loop.scheduleTask(in: .seconds(3)) { channel.close(promise: nil) }
+            return ready.futureResult.flatMapThrowing {
+                timeout.cancel()
+                return try channel.pipeline.syncOperations.handler(type: GatewayLinkHandler.self)
+            }
+        }
+        link.whenFailure { _ in
+            ready.fail(LinkDown())
+            forget()
+        }
+        table.value.links[worker] = link
+        return link
+    }
+}

@@ -1,0 +1,217 @@
+import ChatCore
+import Logging
+import NIOCore
+import NIOWebSocket
+import Proto
+
+/// How the gateway treats each client's WebSocket.
+struct StreamLimits: Sendable {
+    /// Frames waiting for a client that does not read; past either bound it gets 4008.
+    var maxQueuedFrames: Int
+    var maxQueuedBytes: Int
+    /// A ping every interval; a client silent for two is gone (half-open) and is closed.
+    var pingInterval: TimeAmount
+}
+
+/// One client's WebSocket, after the upgrade: framing rules (masking, RSV bits,
+/// fragments, UTF-8, sizes), pings, the bounded outgoing queue; every complete text
+/// message goes to the worker as it is. It never interprets chat frames.
+final class GatewayStreamHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let limits: StreamLimits
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+    private var link: GatewayLinkHandler?
+    private var streamID: UInt32 = 0
+    private var outgoing = CircularBuffer<WebSocketFrame>()
+    private var outgoingBytes = 0
+    private var needsFlush = false
+    private var lastInbound = NIODeadline.now()
+    private var pingTask: RepeatedTask?
+    private var closing = false
+    private var fragments: ByteBuffer?
+
+    init(limits: StreamLimits, logger: Logger) {
+        self.limits = limits
+        self.logger = logger
+    }
+
+    /// Attaches the stream to its worker link (on this event loop); false if the link cannot take it.
+    func attach(to link: GatewayLinkHandler, user: String, sessionHash: String, address: String) -> Bool {
+        guard let id = link.open(self, user: user, sessionHash: sessionHash, address: address) else { return false }
+        self.link = link
+        self.streamID = id
+        logger[metadataKey: "worker.id"] = "\(link.workerID)"
+        return true
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let interval = limits.pingInterval
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            bound.value.keepalive(interval: interval)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        outgoing.removeAll()
+        outgoingBytes = 0
+        link?.clientClosed(streamID)
+        link = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("client stream error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        lastInbound = .now()
+        guard !closing else { return }
+        // Client frames must be masked, and no extension was negotiated that could set RSV bits.
+        if frame.maskKey == nil || frame.rsv1 || frame.rsv2 || frame.rsv3 {
+            closeWith(code: 1002)
+            return
+        }
+        switch frame.opcode {
+        case .text:
+            if fragments != nil { closeWith(code: 1002); return }
+            if frame.fin { received(frame.unmaskedData) } else { fragments = frame.unmaskedData }
+        case .continuation:
+            guard var buffer = fragments else { closeWith(code: 1002); return }
+            var data = frame.unmaskedData
+            guard buffer.readableBytes + data.readableBytes <= ChatLimits.maxFrameBytes else {
+                closeWith(code: 1009)
+                return
+            }
+            buffer.writeBuffer(&data)
+            if frame.fin {
+                fragments = nil
+                received(buffer)
+            } else {
+                fragments = buffer
+            }
+        case .binary:
+            let error = ServerFrame.error(code: "bad_request", message: "binary frames are not supported", ref: nil, retryAfterMs: nil)
+            sendText(ByteBuffer(string: error.json))
+            flushIfNeeded()
+        case .ping:
+            var data = frame.unmaskedData
+            guard data.readableBytes <= 125 else { closeWith(code: 1002); return }
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: data.readSlice(length: data.readableBytes)!)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            closeWith(code: 1000)
+        default:
+            closeWith(code: 1002)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        link?.flushIfNeeded()
+        context.fireChannelReadComplete()
+    }
+
+    private func received(_ buffer: ByteBuffer) {
+        guard String(validating: buffer.readableBytesView, as: UTF8.self) != nil else {
+            closeWith(code: 1007)
+            return
+        }
+        link?.clientText(streamID, buffer)
+    }
+
+    // MARK: from the worker (on this event loop)
+
+    /// Queues one text frame for the client; written now while the socket keeps up. The
+    /// caller flushes once per read burst (`flushIfNeeded`). A client that lets the queue
+    /// overflow (in frames or bytes) is closed with 4008: it reconnects and `sync`s.
+    func sendText(_ payload: ByteBuffer) {
+        guard let context, !closing else { return }
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: payload)
+        if outgoing.isEmpty && context.channel.isWritable {
+            context.write(wrapOutboundOut(frame), promise: nil)
+            needsFlush = true
+            return
+        }
+        guard outgoing.count < limits.maxQueuedFrames, outgoingBytes + payload.readableBytes <= limits.maxQueuedBytes else {
+            logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)", "queued.bytes": "\(outgoingBytes)"])
+            outgoing.removeAll()
+            outgoingBytes = 0
+            closeWith(code: 4008)
+            return
+        }
+        outgoing.append(frame)
+        outgoingBytes += payload.readableBytes
+    }
+
+    func flushIfNeeded() {
+        guard needsFlush, let context else { return }
+        needsFlush = false
+        context.flush()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if !closing {
+            var wrote = false
+            while context.channel.isWritable, let frame = outgoing.popFirst() {
+                outgoingBytes -= frame.data.readableBytes
+                context.write(wrapOutboundOut(frame), promise: nil)
+                wrote = true
+            }
+            if wrote { context.flush() }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Pauses or resumes reading the client (the worker's backpressure on its input).
+    func setInputEnabled(_ enabled: Bool) {
+        context?.channel.setOption(.autoRead, value: enabled).whenFailure { _ in }
+    }
+
+    /// The worker ended the stream, or its link went away.
+    func linkClosed(code: UInt16) {
+        link = nil
+        // What the worker sent before its close goes first.
+        flushIfNeeded()
+        closeWith(code: code)
+    }
+
+    private func keepalive(interval: TimeAmount) {
+        guard let context, !closing else { return }
+        if NIODeadline.now() - lastInbound > interval * 2 {
+            logger.info("no answer to pings; closing")
+            context.close(promise: nil)
+            return
+        }
+        var data = context.channel.allocator.buffer(capacity: 8)
+        data.writeInteger(UInt64(NIODeadline.now().uptimeNanoseconds))
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+    }
+
+    func closeWith(code: UInt16) {
+        guard let context, !closing else { return }
+        closing = true
+        link?.clientClosed(streamID)
+        link = nil
+        var data = context.channel.allocator.buffer(capacity: 2)
+        data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(code)))
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
+        // Do not wait forever for a peer that no longer reads; a slow one gets time to read its 4008.
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: code == 4008 ? .seconds(10) : .seconds(2)) { channel.close(promise: nil) }
+    }
+}
