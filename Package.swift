@@ -5,7 +5,7 @@ import PackageDescription
 // swift-service-lifecycle: every addition costs every clean CI build.
 let package = Package(
     name: "SecureChat",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "securechat", targets: ["Launcher"]),
         .executable(name: "securechat-gateway", targets: ["Gateway"]),
@@ -87,5 +87,5 @@ let package = Package(
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Proto"]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -9,7 +9,7 @@ import NIOPosix
 @main
 enum BenchMain {
     static func main() async {
-        setvbuf(stdout, nil, _IOLBF, 0)
+        // Output is flushed after each line it matters for (fflush(nil): stdout itself is shared mutable state to Swift 6).
         let options = Options()
         guard let scenario = options.positional.first else {
             print("usage: securechat-bench load|fanout|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]")

@@ -17,7 +17,7 @@ struct Report {
         if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
             Swift.print(String(decoding: data, as: UTF8.self))
         }
-        fflush(stdout)
+        fflush(nil)
     }
 }
 
@@ -146,7 +146,7 @@ struct Scenarios {
             let p99 = d["p99_ms"] as! Double, ratio = d["delivery_ratio"] as! Double
             steps.append(["rate_per_sender": rate, "delivered_per_s": d["delivered_per_s"]!, "p99_ms": p99, "delivery_ratio": ratio])
             Swift.print("  fan-out step: \(rate)/s per sender -> \(d["delivered_per_s"]!) deliveries/s, p99 \(p99) ms, delivered \(ratio * 100)%")
-            fflush(stdout)
+            fflush(nil)
             if p99 > 50 || ratio < 0.999 { break }
             best = [("rate_per_sender", rate)] + r
         }
@@ -219,7 +219,7 @@ struct Scenarios {
             let rate = Double(ok) / secs
             steps.append(["concurrency": level, "ok": ok, "failed": failed, "per_second": round3(rate)])
             Swift.print("  storm step: concurrency \(level) -> \(Int(rate)) logins+upgrades/s, \(failed) failed")
-            fflush(stdout)
+            fflush(nil)
             await close(opened)
             if failed > 0 { break }
             best = max(best, rate)
@@ -236,56 +236,56 @@ func coordinatorScenario(options: Options, group: EventLoopGroup) async throws -
     let seconds = try options.double("seconds", default: 5)
     var logger = Logger(label: "bench")
     logger.logLevel = .error
-    var clients: [CoordinatorLink] = []
-    var runs: [Task<Void, Error>] = []
-    for _ in 0..<links {
-        let l = CoordinatorLink(endpoint: endpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
-        clients.append(l)
-        runs.append(Task { try await l.run() })
+    let clients = (0..<links).map { _ in
+        CoordinatorLink(endpoint: endpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
     }
-    let deadline = DispatchTime.now().uptimeNanoseconds + 5_000_000_000
-    while !clients.allSatisfy(\.isConnected) && DispatchTime.now().uptimeNanoseconds < deadline {
-        try await Task.sleep(nanoseconds: 10_000_000)
-    }
-    let hist = NIOLockedValueBoxHistogram()
-    let perLink = rate / Double(links)
-    let t0 = DispatchTime.now().uptimeNanoseconds
-    // Open loop at a fixed rate per link, driven from the link's own event loop (no task hops on
-    // the caller's side), each call timed from send to answer.
-    let done = clients.map { link -> EventLoopFuture<Void> in
-        guard let loop = link.eventLoop else { return group.any().makeFailedFuture(BenchError("coordinator link down")) }
-        let total = Int(perLink * seconds)
-        let finished = loop.makePromise(of: Void.self)
-        let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, answered: 0, samples: [UInt64]()), eventLoop: loop)
-        // Every millisecond, send what is due by now: the offered rate holds whatever the timer does.
-        loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { task in
-            let due = min(total, Int(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 * perLink) + 1)
-            if state.value.sent >= total { task.cancel(); return }
-            while state.value.sent < due {
-                let n = state.value.sent
-                state.value.sent += 1
-                let start = DispatchTime.now().uptimeNanoseconds
-                link.callFuture(.rateCheck(kind: .message, key: "bench-\(n % 1000)", consume: true)).whenComplete { _ in
-                    state.value.samples.append((DispatchTime.now().uptimeNanoseconds - start) / 1000)
-                    state.value.answered += 1
-                    if state.value.answered == total {
-                        for v in state.value.samples { hist.record(v) }
-                        finished.succeed(())
+    // The links run in child tasks of this scenario and end with it.
+    return try await withThrowingTaskGroup(of: Void.self) { runs in
+        for l in clients { runs.addTask { try await l.run() } }
+        let deadline = DispatchTime.now().uptimeNanoseconds + 5_000_000_000
+        while !clients.allSatisfy(\.isConnected) && DispatchTime.now().uptimeNanoseconds < deadline {
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        let hist = NIOLockedValueBoxHistogram()
+        let perLink = rate / Double(links)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        // Open loop at a fixed rate per link, driven from the link's own event loop (no task hops on
+        // the caller's side), each call timed from send to answer.
+        let done = clients.map { link -> EventLoopFuture<Void> in
+            guard let loop = link.eventLoop else { return group.any().makeFailedFuture(BenchError("coordinator link down")) }
+            let total = Int(perLink * seconds)
+            let finished = loop.makePromise(of: Void.self)
+            let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, answered: 0, samples: [UInt64]()), eventLoop: loop)
+            // Every millisecond, send what is due by now: the offered rate holds whatever the timer does.
+            loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { task in
+                let due = min(total, Int(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 * perLink) + 1)
+                if state.value.sent >= total { task.cancel(); return }
+                while state.value.sent < due {
+                    let n = state.value.sent
+                    state.value.sent += 1
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    link.callFuture(.rateCheck(kind: .message, key: "bench-\(n % 1000)", consume: true)).whenComplete { _ in
+                        state.value.samples.append((DispatchTime.now().uptimeNanoseconds - start) / 1000)
+                        state.value.answered += 1
+                        if state.value.answered == total {
+                            for v in state.value.samples { hist.record(v) }
+                            finished.succeed(())
+                        }
                     }
                 }
             }
+            return finished.futureResult
         }
-        return finished.futureResult
+        for f in done { try await f.get() }
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        runs.cancelAll()
+        let h = hist.snapshot()
+        return Report(scenario: "coordinator", fields: [
+            ("links", links), ("target_checks_per_s", rate), ("checks", Int(h.count)),
+            ("checks_per_s", Int(Double(h.count) / elapsed)),
+            ("p50_ms", round3(h.percentile(50))), ("p99_ms", round3(h.percentile(99))), ("p999_ms", round3(h.percentile(99.9))),
+        ])
     }
-    for f in done { try await f.get() }
-    let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-    for r in runs { r.cancel() }
-    let h = hist.snapshot()
-    return Report(scenario: "coordinator", fields: [
-        ("links", links), ("target_checks_per_s", rate), ("checks", Int(h.count)),
-        ("checks_per_s", Int(Double(h.count) / elapsed)),
-        ("p50_ms", round3(h.percentile(50))), ("p99_ms", round3(h.percentile(99))), ("p999_ms", round3(h.percentile(99.9))),
-    ])
 }
 
 import Logging

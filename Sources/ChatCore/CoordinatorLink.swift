@@ -18,7 +18,7 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private var nextID: UInt64 = 1
-    private var pending: [UInt64: EventLoopPromise<CoordinatorResponse>] = [:]
+    private var pending: [UInt64: (promise: EventLoopPromise<CoordinatorResponse>, timeout: Scheduled<Void>)] = [:]
     private let onEvent: @Sendable (CoordinatorFrame) -> Void
     private let timeout: TimeAmount
 
@@ -33,11 +33,12 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
         nextID += 1
         do {
             let buffer = try CoordinatorCodec.encode(.request(id: id, request), allocator: context.channel.allocator)
-            pending[id] = reply
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: timeout) {
-                loopBound.value.pending.removeValue(forKey: id)?.fail(CoordinatorUnavailable())
+            let timer = context.eventLoop.scheduleTask(in: timeout) {
+                loopBound.value.pending.removeValue(forKey: id)?.promise.fail(CoordinatorUnavailable())
+                return ()
             }
+            pending[id] = (reply, timer)
             context.write(wrapOutboundOut(buffer), promise: promise)
         } catch {
             reply.fail(error)
@@ -52,7 +53,10 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
         }
         switch frame {
         case let .response(id, response):
-            pending.removeValue(forKey: id)?.succeed(response)
+            if let p = pending.removeValue(forKey: id) {
+                p.timeout.cancel()
+                p.promise.succeed(response)
+            }
         case .presence, .presenceSnapshot:
             onEvent(frame)
         case .request:
@@ -63,7 +67,10 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let all = pending
         pending = [:]
-        for p in all.values { p.fail(CoordinatorUnavailable()) }
+        for p in all.values {
+            p.timeout.cancel()
+            p.promise.fail(CoordinatorUnavailable())
+        }
         context.fireChannelInactive()
     }
 

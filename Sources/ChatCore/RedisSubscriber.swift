@@ -4,19 +4,30 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// Delivers pub/sub pushes to a callback.
+/// Delivers pub/sub pushes to a callback. An error reply (a refused AUTH, a refused
+/// SUBSCRIBE) closes the connection, so the subscriber retries with backoff and says why,
+/// instead of sitting on a link that will never deliver.
 final class SubscriberHandler: ChannelInboundHandler {
     typealias InboundIn = RESPValue
     let onMessage: @Sendable (String, String) -> Void
     let onSubscribed: @Sendable (Int) -> Void
+    let onError: @Sendable (String) -> Void
 
-    init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (Int) -> Void) {
+    init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (Int) -> Void,
+         onError: @escaping @Sendable (String) -> Void = { _ in }) {
         self.onMessage = onMessage
         self.onSubscribed = onSubscribed
+        self.onError = onError
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let items = unwrapInboundIn(data).array, let kind = items.first?.string else { return }
+        let value = unwrapInboundIn(data)
+        if case let .error(message) = value {
+            onError(message)
+            context.close(promise: nil)
+            return
+        }
+        guard let items = value.array, let kind = items.first?.string else { return }
         switch kind {
         case "message" where items.count == 3:
             if let channel = items[1].string, let payload = items[2].string { onMessage(channel, payload) }
@@ -62,13 +73,17 @@ public final class RedisSubscriber: Service, Sendable {
         await withTaskCancellationOrGracefulShutdownHandler {
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 do {
-                    let onState = self.onState
+                    let onState = self.onState, logger = self.logger, endpoint = self.endpoint
                     let ch = try await RedisClient.connect(endpoint: endpoint, group: group) { [onMessage] ch in
                         try ch.pipeline.syncOperations.addHandlers([
                             ByteToMessageHandler(RESPDecoder()),
                             MessageToByteHandler(RESPEncoder()),
                             SubscriberHandler(onMessage: onMessage, onSubscribed: { n in
                                 if n == channelCount { onState(true) }
+                            }, onError: { message in
+                                // The reply's first word only (e.g. WRONGPASS, NOAUTH): never a secret.
+                                let code = message.split(separator: " ").first.map(String.init) ?? "ERR"
+                                logger.error("redis refused the subscription", metadata: ["redis": "\(endpoint)", "reply": "\(code)"])
                             }),
                         ])
                     }

@@ -76,6 +76,33 @@ public struct SessionStore: Sendable {
         }
     }
 
+    /// `lookup` of a session id, as a future completed on `eventLoop`.
+    public func lookup(_ sessionID: String, on eventLoop: EventLoop) -> EventLoopFuture<Session?> {
+        guard Self.isWellFormed(sessionID) else { return eventLoop.makeSucceededFuture(nil) }
+        return lookup(hash: Self.hash(sessionID), on: eventLoop)
+    }
+
+    /// `create` as a future completed on `eventLoop`.
+    public func create(user: String, on eventLoop: EventLoop) -> EventLoopFuture<String> {
+        do {
+            let id = try Crypto.newToken()
+            let ttl = min(idleSeconds, absoluteSeconds)
+            return redis.sendChecked(["SET", Self.key(hash: Self.hash(id)), "\(user)\n\(Self.nowMs())", "EX", String(ttl)], on: eventLoop)
+                .map { _ in id }
+        } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
+    }
+
+    /// `destroy` as a future completed on `eventLoop`.
+    public func destroy(_ sessionID: String, on eventLoop: EventLoop) -> EventLoopFuture<Bool> {
+        guard Self.isWellFormed(sessionID) else { return eventLoop.makeSucceededFuture(false) }
+        let hash = Self.hash(sessionID)
+        return redis.sendChecked(["DEL", Self.key(hash: hash)], on: eventLoop).flatMap { deleted in
+            self.redis.sendChecked(["PUBLISH", Self.logoutChannel, hash], on: eventLoop).map { _ in (deleted.int ?? 0) > 0 }
+        }
+    }
+
     /// `keepAlive` as a future completed on `eventLoop`.
     public func keepAlive(hash: String, endsAtMs: Int64, on eventLoop: EventLoop) -> EventLoopFuture<Bool> {
         slide(key: Self.key(hash: hash), endsAtMs: endsAtMs, on: eventLoop)

@@ -124,11 +124,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             body(self, context, nil)
             return
         }
-        let sessions = ctx.sessions
-        let promise = context.eventLoop.makePromise(of: String?.self)
-        promise.completeWithTask { try await sessions.validate(sid) }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenComplete { result in
+        ctx.sessions.lookup(sid, on: context.eventLoop).map { $0?.user }.whenComplete { result in
             let (h, context) = bound.value
             switch result {
             case let .success(user): body(h, context, user)
@@ -164,13 +161,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let oldSession = Self.sessionID(head)
         let ctx = self.ctx
         let loop = context.eventLoop
-        let promise = loop.makePromise(of: LoginOutcome.self)
-        promise.completeWithTask {
-            try await Self.performLogin(ctx: ctx, username: username, password: password, address: address,
-                                        oldSession: oldSession, loop: loop)
-        }
         let bound = NIOLoopBound((self, context), eventLoop: loop)
-        promise.futureResult.whenComplete { result in
+        Self.performLogin(ctx: ctx, username: username, password: password, address: address,
+                          oldSession: oldSession, loop: loop).whenComplete { result in
             let (h, context) = bound.value
             switch result {
             case let .success(.ok(sid)):
@@ -196,33 +189,38 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private static func performLogin(ctx: GatewayContext, username: String, password: String, address: String,
-                                     oldSession: String?, loop: EventLoop) async throws -> LoginOutcome {
+                                     oldSession: String?, loop: EventLoop) -> EventLoopFuture<LoginOutcome> {
         // Every failed attempt counts, known user or not; a 429 says nothing about which accounts exist.
         let userKey = username.lowercased()
-        async let byUser = ctx.limiter.check(.loginUser, key: userKey, consume: false)
-        async let byAddress = ctx.limiter.check(.loginAddress, key: address, consume: false)
-        let (u, a) = await (byUser, byAddress)
-        if !u.allowed || !a.allowed {
-            let wait = max(u.allowed ? 0 : u.retryAfter, a.allowed ? 0 : a.retryAfter)
-            ctx.logger.info("login rate limited", metadata: ["client.address": "\(address)"])
-            return .limited(max(1, Int(wait.rounded(.up))))
+        let byUser = ctx.limiter.check(.loginUser, key: userKey, consume: false, on: loop)
+        let byAddress = ctx.limiter.check(.loginAddress, key: address, consume: false, on: loop)
+        return byUser.and(byAddress).flatMap { u, a -> EventLoopFuture<LoginOutcome> in
+            if !u.allowed || !a.allowed {
+                let wait = max(u.allowed ? 0 : u.retryAfter, a.allowed ? 0 : a.retryAfter)
+                ctx.logger.info("login rate limited", metadata: ["client.address": "\(address)"])
+                return loop.makeSucceededFuture(.limited(max(1, Int(wait.rounded(.up)))))
+            }
+            let users = ctx.users, logger = ctx.logger
+            return ctx.threadPool.runIfActive(eventLoop: loop) {
+                users.verify(user: username, password: password, logger: logger)
+            }.flatMap { valid -> EventLoopFuture<LoginOutcome> in
+                guard valid else {
+                    return ctx.limiter.check(.loginUser, key: userKey, on: loop)
+                        .and(ctx.limiter.check(.loginAddress, key: address, on: loop))
+                        .map { _ in
+                            ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
+                            return .invalid
+                        }
+                }
+                // A fresh id at every login; a session the browser brought along is ended, never adopted.
+                let ended = oldSession.map { ctx.sessions.destroy($0, on: loop).map { _ in () }.recover { _ in () } }
+                    ?? loop.makeSucceededVoidFuture()
+                return ended.flatMap { ctx.sessions.create(user: username, on: loop) }.map { sid in
+                    ctx.logger.info("login", metadata: ["user": "\(username)", "client.address": "\(address)"])
+                    return .ok(sid)
+                }
+            }
         }
-        let users = ctx.users, logger = ctx.logger
-        let valid = try await ctx.threadPool.runIfActive(eventLoop: loop) {
-            users.verify(user: username, password: password, logger: logger)
-        }.get()
-        guard valid else {
-            async let x = ctx.limiter.check(.loginUser, key: userKey)
-            async let y = ctx.limiter.check(.loginAddress, key: address)
-            _ = await (x, y)
-            ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
-            return .invalid
-        }
-        // A fresh id at every login; a session the browser brought along is ended, never adopted.
-        if let oldSession { _ = try? await ctx.sessions.destroy(oldSession) }
-        let sid = try await ctx.sessions.create(user: username)
-        ctx.logger.info("login", metadata: ["user": "\(username)", "client.address": "\(address)"])
-        return .ok(sid)
     }
 
     private func logout(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
@@ -234,14 +232,12 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"])
             return
         }
-        let sessions = ctx.sessions
-        let promise = context.eventLoop.makePromise(of: Bool.self)
-        promise.completeWithTask {
-            guard try await sessions.validate(sid) != nil else { return false }
-            return try await sessions.destroy(sid)
-        }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenComplete { result in
+        let sessions = ctx.sessions, loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        sessions.lookup(sid, on: loop).flatMap { session -> EventLoopFuture<Bool> in
+            guard session != nil else { return loop.makeSucceededFuture(false) }
+            return sessions.destroy(sid, on: loop)
+        }.whenComplete { result in
             let (h, context) = bound.value
             var headers = HTTPHeaders()
             headers.add(name: "Set-Cookie", value: "\(SessionStore.cookieName)=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")
@@ -256,19 +252,15 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: health
 
     private func health(_ context: ChannelHandlerContext) {
-        let ctx = self.ctx
-        let promise = context.eventLoop.makePromise(of: (Bool, Bool, Int).self)
-        promise.completeWithTask {
-            let redisOK = (try? await ctx.redis.send(["PING"]))?.string == "PONG"
-            var coordinatorOK = false, workers = 0
-            if case let .status(w, _)? = try? await ctx.coordinator.call(.status) {
-                coordinatorOK = true
-                workers = w
-            }
-            return (redisOK, coordinatorOK, workers)
-        }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { redisOK, coordinatorOK, workers in
+        let loop = context.eventLoop
+        let redisOK = ctx.redis.sendChecked(["PING"], on: loop).map { $0.string == "PONG" }.recover { _ in false }
+        let status = ctx.coordinator.callFuture(.status).hop(to: loop).map { response -> (Bool, Int) in
+            if case let .status(w, _) = response { return (true, w) }
+            return (false, 0)
+        }.recover { _ in (false, 0) }
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        redisOK.and(status).whenSuccess { redisOK, status in
+            let (coordinatorOK, workers) = status
             let (h, context) = bound.value
             let ok = redisOK && coordinatorOK && workers > 0
             var down: [String] = []

@@ -12,7 +12,6 @@ enum Launcher {
     """
 
     static func main() async {
-        setvbuf(stdout, nil, _IOLBF, 0)
         let options = Options()
         switch options.positional.first {
         case "run":

@@ -88,17 +88,21 @@ struct RunCommand {
         print("SecureChat is running: open https://localhost:\(port) in a browser (admin / password123 with the shipped users.json).")
         print("Stop it with Ctrl-C.")
 
-        let supervisor = Task {
-            while !Task.isCancelled {
-                for child in children { child.superviseStep(logger: logger) }
-                try? await Task.sleep(nanoseconds: 100_000_000)
+        fflush(nil)
+        // The supervisor restarts children that exit until a signal asks everything to stop.
+        let supervised = children
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    for child in supervised { child.superviseStep(logger: logger) }
+                    try? await Task.sleep(nanoseconds: 100_000_000)
+                }
             }
+            var iterator = signals.makeAsyncIterator()
+            let signal = await iterator.next()
+            logger.info("shutting down", metadata: ["signal": "\(signal.map { "\($0)" } ?? "?")"])
+            group.cancelAll()
         }
-        var iterator = signals.makeAsyncIterator()
-        let signal = await iterator.next()
-        logger.info("shutting down", metadata: ["signal": "\(signal.map { "\($0)" } ?? "?")"])
-        supervisor.cancel()
-        _ = await supervisor.value
         // Gateways stop accepting while workers drain (1012 through the still-open splices);
         // then the control plane and Redis.
         await withTaskGroup(of: Void.self) { g in

@@ -1,12 +1,26 @@
 import ChatCore
 import Logging
 import Proto
+import ServiceLifecycle
 
-/// After the Redis subscription is (re)established: relays what was published
-/// while it was down, read from the room stream, before relaying live again;
-/// then the worker is ready for new streams.
-enum GapFill {
-    static func run(hub: Hub, store: MessageStore, readiness: WorkerReadiness, logger: Logger) async {
+/// After the Redis subscription is (re)established: relays what was published while it
+/// was down, read from the room stream, before relaying live again (the Hub then counts
+/// as ready). A Service that waits for "subscribed" signals, so the fill runs inside the
+/// service group rather than in a task of its own.
+struct GapFillService: Service {
+    let hub: Hub
+    let store: MessageStore
+    let logger: Logger
+    let subscribed: AsyncStream<Void>
+
+    func run() async throws {
+        // Ends with the worker's graceful shutdown, not only when the stream finishes.
+        for await _ in subscribed.cancelOnGracefulShutdown() {
+            await fill()
+        }
+    }
+
+    private func fill() async {
         var backoff = Backoff(base: 0.05, cap: 1)
         while !Task.isCancelled {
             let (after, epoch) = hub.gapFillStart
@@ -23,7 +37,6 @@ enum GapFill {
                 if !missed.isEmpty {
                     logger.info("relayed messages missed while unsubscribed", metadata: ["count": "\(missed.count)"])
                 }
-                readiness.setReady(true)
                 return
             } catch {
                 logger.warning("gap fill failed; retrying", metadata: ["error": "\(error)"])

@@ -125,6 +125,9 @@ final class Hub: Sendable {
         broadcast { $0.announceDraining() }
     }
 
+    /// Subscribed and caught up: live messages go straight to the streams.
+    var isRelaying: Bool { relay.withLockedValue { !$0.filling } }
+
     /// The subscription is gone: hold live messages until the gap is filled.
     func subscriptionLost() {
         relay.withLockedValue {

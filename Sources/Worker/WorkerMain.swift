@@ -41,7 +41,8 @@ enum WorkerMain {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
         let hub = Hub(group: group)
-        let readiness = WorkerReadiness()
+        let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })
+        let (subscribed, subscribedSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let coordinator = CoordinatorLink(
             endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
             onEvent: { frame in
@@ -74,16 +75,15 @@ enum WorkerMain {
             },
             onState: { up in
                 if up {
-                    Task { await GapFill.run(hub: hub, store: store, readiness: readiness, logger: logger) }
+                    subscribedSignal.yield()
                 } else {
                     hub.subscriptionLost()
-                    readiness.setReady(false)
                 }
             }
         )
         // Started in this order, stopped in reverse: the server drains first, Redis goes last.
         var services: [any Service] = [
-            redis, subscriber, coordinator,
+            redis, GapFillService(hub: hub, store: store, logger: logger, subscribed: subscribed), subscriber, coordinator,
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
             WorkerService(listen: listen, ctx: ctx, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]

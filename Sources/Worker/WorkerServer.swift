@@ -124,12 +124,15 @@ struct WorkerService: Service {
     }
 }
 
-/// Whether this worker may take streams: it registers with the coordinator only
-/// once its Redis subscription is live (and any gap filled), and asks to be left
-/// out of routing while it is not, keeping its lease and presence meanwhile.
+/// Whether this worker may take streams: it registers with the coordinator only once its
+/// Redis subscription is live (and any gap filled), and asks to be left out of routing while
+/// it is not, keeping its lease and presence meanwhile.
+///
+/// "Ready" is not stored here: it is the Hub's relay state (`isRelaying`), read under the
+/// Hub's one lock, so a subscription lost right after a gap fill can never leave the worker
+/// reporting ready while unsubscribed (two flags under two locks could).
 final class WorkerReadiness: Sendable {
     private struct State {
-        var ready = false
         var registered = false
         var routable = false
     }
@@ -137,12 +140,13 @@ final class WorkerReadiness: Sendable {
     enum Step: Equatable { case register, unroute, heartbeat, wait }
 
     private let state = NIOLockedValueBox(State())
+    private let isRelaying: @Sendable () -> Bool
 
-    var ready: Bool { state.withLockedValue { $0.ready } }
-
-    func setReady(_ up: Bool) {
-        state.withLockedValue { $0.ready = up }
+    init(isRelaying: @escaping @Sendable () -> Bool) {
+        self.isRelaying = isRelaying
     }
+
+    var ready: Bool { isRelaying() }
 
     /// After a (re)connection to the coordinator the registration must be sent again.
     func linkReconnected() {
@@ -154,13 +158,14 @@ final class WorkerReadiness: Sendable {
 
     /// What to tell the coordinator next; assumes it succeeds (call `failed()` if not).
     func nextStep() -> Step {
-        state.withLockedValue { s in
-            if s.ready && (!s.registered || !s.routable) {
+        let ready = isRelaying()
+        return state.withLockedValue { s in
+            if ready && (!s.registered || !s.routable) {
                 s.registered = true
                 s.routable = true
                 return .register
             }
-            if !s.ready && s.registered && s.routable {
+            if !ready && s.registered && s.routable {
                 s.routable = false
                 return .unroute
             }

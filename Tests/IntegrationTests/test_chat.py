@@ -2,6 +2,7 @@
 import asyncio
 import hashlib
 import json
+import time
 
 import requests
 import websockets
@@ -209,5 +210,34 @@ def test_welcome_carries_recent_history_in_order(deployment):
         assert keys == sorted(keys)
         await a.close()
         await b.close()
+
+    run(scenario())
+
+
+def test_sockets_opened_and_closed_at_once_leave_no_one_online(deployment):
+    """Opening and closing sockets as fast as a client can must never leave the user online:
+    a connection's open and close reach the coordinator in that order (they used to be sent
+    from two unordered tasks, so a close could overtake its open and the user stayed online)."""
+    alice, bob = deployment.login("alice"), deployment.login("bob")
+
+    async def scenario():
+        async def flap():
+            ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
+                                          additional_headers={"Cookie": "sc_session=" + bob.cookies["sc_session"]})
+            await ws.close()   # before or after the welcome: both must end offline
+
+        for _ in range(5):
+            await asyncio.gather(*(flap() for _ in range(8)))
+
+        async def bob_online():
+            c = await Client.connect(deployment, alice)
+            online = "bob" in c.welcome["online"]
+            await c.close()
+            return not online
+
+        deadline = time.monotonic() + 10
+        while not await bob_online():
+            assert time.monotonic() < deadline, "bob still online after every socket closed"
+            await asyncio.sleep(0.1)
 
     run(scenario())
