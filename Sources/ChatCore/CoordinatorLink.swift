@@ -107,49 +107,26 @@ public final class CoordinatorLink: Service, Sendable {
     public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
 
     public func run() async throws {
-        var backoff = Backoff(base: 0.05, cap: 0.5)
-        var wasDown = false
-        await withTaskCancellationOrGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                do {
-                    let timeout = self.timeout
-                    let onEvent = self.onEvent
-                    let ch = try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
-                        try ch.pipeline.syncOperations.addHandlers([
-                            ByteToMessageHandler(LengthPrefixedDecoder()),
-                            CoordinatorClientHandler(timeout: timeout, onEvent: onEvent),
-                        ])
-                    }
-                    channel.withLockedValue { $0 = ch }
-                    if let secret {
-                        guard case .ok = try await call(.hello(secret: secret)) else {
-                            logger.error("coordinator refused the cluster secret")
-                            ch.close(promise: nil)
-                            throw CoordinatorUnavailable()
-                        }
-                    }
-                    if wasDown { logger.info("coordinator reconnected", metadata: ["coordinator": "\(endpoint)"]) }
-                    wasDown = false
-                    backoff.reset()
-                    await onConnect(self)
-                    try? await ch.closeFuture.get()
-                    channel.withLockedValue { $0 = nil }
-                    if !Task.isCancelled && !Task.isShuttingDownGracefully {
-                        logger.warning("coordinator connection lost", metadata: ["coordinator": "\(endpoint)"])
-                        wasDown = true
-                    }
-                } catch {
-                    channel.withLockedValue { $0 = nil }
-                    if !wasDown {
-                        logger.warning("coordinator unreachable", metadata: ["coordinator": "\(endpoint)"])
-                        wasDown = true
+        let endpoint = self.endpoint, group = self.group, timeout = self.timeout, onEvent = self.onEvent
+        let secret = self.secret, logger = self.logger, onConnect = self.onConnect
+        await Reconnector(what: "coordinator", endpoint: endpoint, logger: logger, base: 0.05, cap: 0.5, current: channel).run(
+            connect: {
+                try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
+                    try ch.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(LengthPrefixedDecoder()),
+                        CoordinatorClientHandler(timeout: timeout, onEvent: onEvent),
+                    ])
+                }
+            },
+            established: { _ in
+                if let secret {
+                    guard case .ok = try await self.call(.hello(secret: secret)) else {
+                        logger.error("coordinator refused the cluster secret")
+                        throw CoordinatorUnavailable()
                     }
                 }
-                if !(await backoff.sleep()) { break }
-            }
-        } onCancelOrGracefulShutdown: {
-            self.channel.withLockedValue { $0 }?.close(promise: nil)
-        }
+                await onConnect(self)
+            })
     }
 
     /// Sends one request; throws `CoordinatorUnavailable` when there is no link or no answer in time.

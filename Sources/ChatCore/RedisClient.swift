@@ -97,47 +97,24 @@ public final class RedisClient: Service, Sendable {
     }
 
     public func run() async throws {
-        var backoff = Backoff(base: 0.05, cap: 2)
-        var wasDown = false
-        await withTaskCancellationOrGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                do {
-                    let ch = try await Self.connect(endpoint: endpoint, group: group) { ch in
-                        try ch.pipeline.syncOperations.addHandlers([
-                            ByteToMessageHandler(RESPDecoder()),
-                            MessageToByteHandler(RESPEncoder()),
-                            RedisCommandHandler(),
-                        ])
-                    }
-                    channel.withLockedValue { $0 = ch }
-                    if let password {
-                        do { try await send(["AUTH", password]) } catch {
-                            logger.error("redis refused the password", metadata: ["redis": "\(endpoint)"])
-                            ch.close(promise: nil)
-                            throw error
-                        }
-                    }
-                    if wasDown { logger.info("redis reconnected", metadata: ["redis": "\(endpoint)"]) }
-                    wasDown = false
-                    backoff.reset()
-                    try? await ch.closeFuture.get()
-                    channel.withLockedValue { $0 = nil }
-                    if !Task.isCancelled && !Task.isShuttingDownGracefully {
-                        logger.warning("redis connection lost", metadata: ["redis": "\(endpoint)"])
-                        wasDown = true
-                    }
-                } catch {
-                    if !wasDown {
-                        logger.warning("redis unreachable", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
-                        wasDown = true
-                    }
+        let endpoint = self.endpoint, group = self.group, password = self.password
+        await Reconnector(what: "redis", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: channel).run(
+            connect: {
+                try await Self.connect(endpoint: endpoint, group: group) { ch in
+                    try ch.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(RESPDecoder()),
+                        MessageToByteHandler(RESPEncoder()),
+                        RedisCommandHandler(),
+                    ])
                 }
-                if !(await backoff.sleep()) { break }
-            }
-        } onCancelOrGracefulShutdown: {
-            self.close()
-        }
-        close()
+            },
+            established: { [logger] _ in
+                guard let password else { return }
+                do { try await self.send(["AUTH", password]) } catch {
+                    logger.error("redis refused the password", metadata: ["redis": "\(endpoint)"])
+                    throw error
+                }
+            })
     }
 
     private func close() {

@@ -68,42 +68,30 @@ public final class RedisSubscriber: Service, Sendable {
     }
 
     public func run() async throws {
-        var backoff = Backoff(base: 0.05, cap: 2)
-        let channelCount = channels.count
-        await withTaskCancellationOrGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                do {
-                    let onState = self.onState, logger = self.logger, endpoint = self.endpoint
-                    let ch = try await RedisClient.connect(endpoint: endpoint, group: group) { [onMessage] ch in
-                        try ch.pipeline.syncOperations.addHandlers([
-                            ByteToMessageHandler(RESPDecoder()),
-                            MessageToByteHandler(RESPEncoder()),
-                            SubscriberHandler(onMessage: onMessage, onSubscribed: { n in
-                                if n == channelCount { onState(true) }
-                            }, onError: { message in
-                                // The reply's first word only (e.g. WRONGPASS, NOAUTH): never a secret.
-                                let code = message.split(separator: " ").first.map(String.init) ?? "ERR"
-                                logger.error("redis refused the subscription", metadata: ["redis": "\(endpoint)", "reply": "\(code)"])
-                            }),
-                        ])
-                    }
-                    current.withLockedValue { $0 = ch }
-                    if let password { ch.write(["AUTH", password], promise: nil) }
-                    try await ch.writeAndFlush(["SUBSCRIBE"] + channels)
-                    backoff.reset()
-                    try? await ch.closeFuture.get()
-                    current.withLockedValue { $0 = nil }
-                    onState(false)
-                    if !Task.isCancelled && !Task.isShuttingDownGracefully {
-                        logger.warning("redis subscription lost; resubscribing", metadata: ["redis": "\(endpoint)"])
-                    }
-                } catch {
-                    onState(false)
+        let channelCount = channels.count, channels = self.channels
+        let onState = self.onState, onMessage = self.onMessage, logger = self.logger, endpoint = self.endpoint
+        let group = self.group, password = self.password
+        await Reconnector(what: "redis subscription", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: current).run(
+            connect: {
+                try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
+                    try ch.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(RESPDecoder()),
+                        MessageToByteHandler(RESPEncoder()),
+                        SubscriberHandler(onMessage: onMessage, onSubscribed: { n in
+                            if n == channelCount { onState(true) }
+                        }, onError: { message in
+                            // The reply's first word only (e.g. WRONGPASS, NOAUTH): never a secret.
+                            let code = message.split(separator: " ").first.map(String.init) ?? "ERR"
+                            logger.error("redis refused the subscription", metadata: ["redis": "\(endpoint)", "reply": "\(code)"])
+                        }),
+                    ])
                 }
-                if !(await backoff.sleep()) { break }
-            }
-        } onCancelOrGracefulShutdown: {
-            self.current.withLockedValue { $0 }?.close(promise: nil)
-        }
+            },
+            established: { ch in
+                // Replies come back in order: a refused AUTH is read (and closes the link) before SUBSCRIBE's.
+                if let password { ch.write(["AUTH", password], promise: nil) }
+                try await ch.writeAndFlush(["SUBSCRIBE"] + channels)
+            },
+            ended: { onState(false) })
     }
 }
