@@ -99,10 +99,9 @@ extension GatewayHTTPHandler {
         ctx.connections.markStream(context.channel)
         let pipeline = context.pipeline.syncOperations
         do {
+            // No frame encoder: the stream writes frames it (or its link) already framed.
             try pipeline.addHandlers([
-                WebSocketFrameEncoder(),
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: ChatLimits.maxFrameBytes)),
-                WebSocketProtocolErrorHandler(),
                 stream,
             ])
             // Everything that speaks HTTP goes; the decoder last, so bytes it still holds

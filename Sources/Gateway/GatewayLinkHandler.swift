@@ -33,6 +33,13 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     private var needsFlush = false
     /// The worker said it drains: no new streams go here.
     private(set) var draining = false
+    private var lastInbound = NIODeadline.now()
+    private var pingTask: RepeatedTask?
+    private var pingCount: UInt64 = 0
+    /// A ping every `pingInterval`; a worker silent for `deadAfter` is gone (a cut network
+    /// link closes nothing by itself) and its streams get 1012.
+    static let pingInterval = TimeAmount.seconds(2)
+    static let deadAfter = TimeAmount.seconds(10)
 
     init(workerID: String, gatewayID: String, auth: LinkAuth, logger: Logger, ready: EventLoopPromise<Void>,
          onClose: @escaping @Sendable () -> Void) throws {
@@ -73,6 +80,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         let wasReady: Bool
         if case .ready = state { wasReady = true } else { wasReady = false }
         state = .closed
+        pingTask?.cancel()
         ready.fail(LinkDown())
         onClose()
         let all = streams
@@ -91,6 +99,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        lastInbound = .now()
         switch state {
         case let .connecting(nonce):
             guard case let .challenge(version, worker, workerNonce, proof) = frame, version == LinkFrame.version,
@@ -103,6 +112,10 @@ final class GatewayLinkHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(.proof(auth.gatewayProof(gatewayNonce: nonce, workerNonce: workerNonce))), promise: nil)
             state = .ready
             logger.debug("worker link up")
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: Self.pingInterval, delay: Self.pingInterval) { _ in
+                bound.value.keepalive()
+            }
             ready.succeed(())
         case .ready:
             workerFrame(frame, context: context)
@@ -114,10 +127,12 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     private func workerFrame(_ frame: LinkFrame, context: ChannelHandlerContext) {
         switch frame {
         case let .send(id, payload):
-            if let s = streams[id] { s.sendText(payload); touched.append(s) }
+            if let s = streams[id] { s.sendFramed(WebSocketWire.text(payload)); touched.append(s) }
         case let .deliver(payload, ids):
+            // Framed once; every client's write shares the bytes.
+            let framed = WebSocketWire.text(payload)
             for id in ids {
-                if let s = streams[id] { s.sendText(payload); touched.append(s) }
+                if let s = streams[id] { s.sendFramed(framed); touched.append(s) }
             }
         case let .close(id, code):
             if let s = streams.removeValue(forKey: id) { s.linkClosed(code: code) }
@@ -136,6 +151,25 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         }
     }
 
+    private func keepalive() {
+        guard let context else { return }
+        if NIODeadline.now() - lastInbound > Self.deadAfter {
+            logger.warning("worker link silent; closing it")
+            context.close(promise: nil)
+            return
+        }
+        pingCount += 1
+        write(.ping(pingCount))
+        flushIfNeeded()
+    }
+
+    /// While the worker does not take what we send, its clients are not read.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        for s in streams.values { s.setLinkWritable(writable) }
+        context.fireChannelWritabilityChanged()
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
         let streams = touched
         touched.removeAll(keepingCapacity: true)
@@ -151,6 +185,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         let id = nextStream
         nextStream = nextStream == .max ? 1 : nextStream + 1
         streams[id] = stream
+        if let context, !context.channel.isWritable { stream.setLinkWritable(false) }
         write(.open(stream: id, user: user, sessionHash: sessionHash, address: address, resumeAfter: nil))
         flushIfNeeded()
         return id

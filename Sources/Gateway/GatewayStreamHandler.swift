@@ -13,19 +13,50 @@ struct StreamLimits: Sendable {
     var pingInterval: TimeAmount
 }
 
+/// Server-to-client WebSocket frames as bytes. Server frames are not masked, so a frame
+/// for many clients is the same bytes for each: the gateway frames a delivery once and
+/// every client's TLS handler gets the same buffer (one write, one TLS record per client).
+enum WebSocketWire {
+    static func frame(opcode: WebSocketOpcode, payload: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+        let n = payload.readableBytes
+        var out = allocator.buffer(capacity: n + 10)
+        out.writeInteger(UInt8(0x80) | UInt8(webSocketOpcode: opcode))
+        if n < 126 {
+            out.writeInteger(UInt8(n))
+        } else if n <= Int(UInt16.max) {
+            out.writeInteger(UInt8(126))
+            out.writeInteger(UInt16(n))
+        } else {
+            out.writeInteger(UInt8(127))
+            out.writeInteger(UInt64(n))
+        }
+        out.writeImmutableBuffer(payload)
+        return out
+    }
+
+    static func text(_ payload: ByteBuffer) -> ByteBuffer { frame(opcode: .text, payload: payload) }
+
+    static func close(code: UInt16) -> ByteBuffer {
+        var data = ByteBuffer()
+        data.writeInteger(code)
+        return frame(opcode: .connectionClose, payload: data)
+    }
+}
+
 /// One client's WebSocket, after the upgrade: framing rules (masking, RSV bits,
 /// fragments, UTF-8, sizes), pings, the bounded outgoing queue; every complete text
-/// message goes to the worker as it is. It never interprets chat frames.
+/// message goes to the worker as it is. It never interprets chat frames. Outgoing frames
+/// are bytes already framed (`WebSocketWire`), usually shared with the other clients.
 final class GatewayStreamHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias OutboundOut = ByteBuffer
 
     private let limits: StreamLimits
     private var logger: Logger
     private var context: ChannelHandlerContext?
     private var link: GatewayLinkHandler?
     private var streamID: UInt32 = 0
-    private var outgoing = CircularBuffer<WebSocketFrame>()
+    private var outgoing = CircularBuffer<ByteBuffer>()
     private var outgoingBytes = 0
     private var needsFlush = false
     private var lastInbound = NIODeadline.now()
@@ -71,6 +102,11 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // What NIOWebSocket's decoder refuses: too large is 1009, anything else 1002.
+        if let ws = error as? NIOWebSocketError {
+            closeWith(code: ws == .invalidFrameLength ? 1009 : 1002)
+            return
+        }
         logger.debug("client stream error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
@@ -104,12 +140,12 @@ final class GatewayStreamHandler: ChannelInboundHandler {
             }
         case .binary:
             let error = ServerFrame.error(code: "bad_request", message: "binary frames are not supported", ref: nil, retryAfterMs: nil)
-            sendText(ByteBuffer(string: error.json))
+            sendFramed(WebSocketWire.text(ByteBuffer(string: error.json)))
             flushIfNeeded()
         case .ping:
             var data = frame.unmaskedData
             guard data.readableBytes <= 125 else { closeWith(code: 1002); return }
-            let pong = WebSocketFrame(fin: true, opcode: .pong, data: data.readSlice(length: data.readableBytes)!)
+            let pong = WebSocketWire.frame(opcode: .pong, payload: data.readSlice(length: data.readableBytes)!, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .pong:
             break
@@ -135,18 +171,17 @@ final class GatewayStreamHandler: ChannelInboundHandler {
 
     // MARK: from the worker (on this event loop)
 
-    /// Queues one text frame for the client; written now while the socket keeps up. The
-    /// caller flushes once per read burst (`flushIfNeeded`). A client that lets the queue
+    /// Queues one framed message for the client; written now while the socket keeps up.
+    /// The caller flushes once per read burst (`flushIfNeeded`). A client that lets the queue
     /// overflow (in frames or bytes) is closed with 4008: it reconnects and `sync`s.
-    func sendText(_ payload: ByteBuffer) {
+    func sendFramed(_ frame: ByteBuffer) {
         guard let context, !closing else { return }
-        let frame = WebSocketFrame(fin: true, opcode: .text, data: payload)
         if outgoing.isEmpty && context.channel.isWritable {
             context.write(wrapOutboundOut(frame), promise: nil)
             needsFlush = true
             return
         }
-        guard outgoing.count < limits.maxQueuedFrames, outgoingBytes + payload.readableBytes <= limits.maxQueuedBytes else {
+        guard outgoing.count < limits.maxQueuedFrames, outgoingBytes + frame.readableBytes <= limits.maxQueuedBytes else {
             logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)", "queued.bytes": "\(outgoingBytes)"])
             outgoing.removeAll()
             outgoingBytes = 0
@@ -154,7 +189,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
             return
         }
         outgoing.append(frame)
-        outgoingBytes += payload.readableBytes
+        outgoingBytes += frame.readableBytes
     }
 
     func flushIfNeeded() {
@@ -167,7 +202,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         if !closing {
             var wrote = false
             while context.channel.isWritable, let frame = outgoing.popFirst() {
-                outgoingBytes -= frame.data.readableBytes
+                outgoingBytes -= frame.readableBytes
                 context.write(wrapOutboundOut(frame), promise: nil)
                 wrote = true
             }
@@ -176,9 +211,24 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    /// Pauses or resumes reading the client (the worker's backpressure on its input).
+    private var workerPaused = false
+    private var linkPaused = false
+
+    /// The worker asks to stop (or resume) reading this client: its frames queue up there.
     func setInputEnabled(_ enabled: Bool) {
-        context?.channel.setOption(.autoRead, value: enabled).whenFailure { _ in }
+        workerPaused = !enabled
+        updateReading()
+    }
+
+    /// The link to the worker is not (or again) writable: stop reading the client meanwhile,
+    /// so a saturated worker slows senders down by TCP backpressure instead of queueing.
+    func setLinkWritable(_ writable: Bool) {
+        linkPaused = !writable
+        updateReading()
+    }
+
+    private func updateReading() {
+        context?.channel.setOption(.autoRead, value: !workerPaused && !linkPaused).whenFailure { _ in }
     }
 
     /// The worker ended the stream, or its link went away.
@@ -198,7 +248,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         }
         var data = context.channel.allocator.buffer(capacity: 8)
         data.writeInteger(UInt64(NIODeadline.now().uptimeNanoseconds))
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(WebSocketWire.frame(opcode: .ping, payload: data, allocator: context.channel.allocator)), promise: nil)
     }
 
     func closeWith(code: UInt16) {
@@ -206,10 +256,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         closing = true
         link?.clientClosed(streamID)
         link = nil
-        var data = context.channel.allocator.buffer(capacity: 2)
-        data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(code)))
-        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
-        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(WebSocketWire.close(code: code))).whenComplete { _ in context.close(promise: nil) }
         // Do not wait forever for a peer that no longer reads; a slow one gets time to read its 4008.
         let channel = context.channel
         context.eventLoop.scheduleTask(in: code == 4008 ? .seconds(10) : .seconds(2)) { channel.close(promise: nil) }

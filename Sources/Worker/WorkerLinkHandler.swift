@@ -82,6 +82,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        lastInbound = .now()
         switch handshake {
         case .awaitingHello:
             guard case let .hello(version, gateway, nonce) = frame, version == LinkFrame.version,
@@ -116,6 +117,15 @@ final class WorkerLinkHandler: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flushIfNeeded()
+    }
+
+    /// While the gateway does not take what we send, take no more of its clients' frames:
+    /// the backpressure reaches the senders over TCP; what readers are owed still goes out.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        readingPaused = !context.channel.isWritable
+        context.channel.setOption(.autoRead, value: !readingPaused).whenFailure { _ in }
+        if !readingPaused { lastInbound = .now() }
+        context.fireChannelWritabilityChanged()
     }
 
     private func linkFrame(_ frame: LinkFrame, context: ChannelHandlerContext) {
@@ -245,7 +255,17 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         }
     }
 
+    private var lastInbound = NIODeadline.now()
+    /// Not reading while the gateway takes nothing: its pings wait unread meanwhile.
+    private var readingPaused = false
+
     private func tick() {
+        // The gateway pings every 2 s: a link silent for 15 s is gone (a cut network closes nothing).
+        if !readingPaused, NIODeadline.now() - lastInbound > .seconds(15), let context {
+            logger.warning("gateway link silent; closing it")
+            context.close(promise: nil)
+            return
+        }
         let now = SessionStore.nowMs()
         for id in Array(streams.keys) { event(id) { $0.tick(nowMs: now) } }
         flushIfNeeded()

@@ -164,7 +164,10 @@ def test_worker_killed_page_reconnects_and_misses_nothing(deployment, browsers):
     shot(a, "4-reconnected")
 
 
-def test_rate_limit_feedback_keeps_the_text(deployment, browsers):
+def test_rate_limit_feedback_keeps_the_text(make_deployment, browsers):
+    # A burst of 5, then one message every 20 s: however slowly a loaded machine sends the
+    # burst, the bucket cannot refill before the sixth (at the default 1/s it could).
+    deployment = make_deployment(extra_args=["--msg-burst", "5", "--msg-per-second", "0.05"])
     a = browsers()
     login(a, deployment, "alice")
     wait(a, connected)
