@@ -5,7 +5,8 @@ and prints a table and one JSON line per scenario (see docs/benchmarks.md).
     scripts/bench --quick         every scenario at toy size: proves the harness works (CI)
     scripts/bench fanout room     only these
 
-Scenarios: fanout, room, idle, storm, cpu (server CPU per delivery, every client a sender), coordinator."""
+Scenarios: fanout, overload (offered ~1.7x the best fan-out: nobody cut off, every ack delivered), room, idle,
+storm, cpu (server CPU per delivery, every client a sender), coordinator."""
 import argparse
 import json
 import os
@@ -90,8 +91,10 @@ def cpu_per_delivery(d, sessions, clients, rate, seconds, name):
 
 
 def run(args):
+    global FAST
+    FAST = FAST + args.server_args.split()
     q = args.quick
-    selected = args.scenarios or ["fanout", "room", "idle", "storm", "cpu", "coordinator"]
+    selected = args.scenarios or ["fanout", "overload", "room", "idle", "storm", "cpu", "coordinator"]
     users = make_users(10 if q else 200, log_n=10 if q else 15)
     results = []
     try:
@@ -129,6 +132,17 @@ def run(args):
                                                       "--per-level", 20 if q else 200]))
             finally:
                 d.stop()
+        if "overload" in selected:
+            # Offered well past saturation (fanout's best on this machine is ~100,000 deliveries/s):
+            # no reading client may be cut off, every acknowledged message must arrive, later.
+            d = conftest.Deployment(users, workers=2, extra_args=FAST)
+            try:
+                s = sessions_file(d, 10 if q else 100)
+                results.append(generator("overload", d, ["--sessions", s, "--clients", 20 if q else 100,
+                                                        "--senders", 2 if q else 10, "--seconds", 1 if q else 10,
+                                                        "--rate", 5 if q else args.overload_rate]))
+            finally:
+                d.stop()
         if "cpu" in selected:
             d = conftest.Deployment(users, workers=2, extra_args=FAST)
             try:
@@ -160,4 +174,7 @@ if __name__ == "__main__":
     p.add_argument("scenarios", nargs="*")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--idle-connections", type=int, default=16000)
+    p.add_argument("--overload-rate", type=float, default=180,
+                   help="overload: messages/s per sender (10 senders, 100 receivers: 180 offers 180,000 deliveries/s)")
+    p.add_argument("--server-args", default="", help="extra flags for every deployment, e.g. '--flush-coalesce-ms 2'")
     run(p.parse_args())

@@ -4,7 +4,7 @@ import NIOCore
 import NIOPosix
 
 /// `securechat-bench SCENARIO --url https://127.0.0.1:PORT ...`: the load generator.
-/// Scenarios: load, fanout, idle, storm, coordinator. It stops by itself and only
+/// Scenarios: load, fanout, overload, idle, storm, coordinator. It stops by itself and only
 /// ever targets loopback. See docs/benchmarks.md.
 @main
 enum BenchMain {
@@ -12,7 +12,7 @@ enum BenchMain {
         // Output is flushed after each line it matters for (fflush(nil): stdout itself is shared mutable state to Swift 6).
         let options = Options()
         guard let scenario = options.positional.first else {
-            print("usage: securechat-bench load|fanout|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]")
+            print("usage: securechat-bench load|fanout|overload|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]")
             exit(2)
         }
         guard let threads = try? options.int("threads", default: System.coreCount), threads > 0 else {
@@ -35,6 +35,7 @@ enum BenchMain {
                 switch scenario {
                 case "load": report = try await s.load(name: options.string("name", default: "load"))
                 case "fanout": report = try await s.fanout()
+                case "overload": report = try await s.overload()
                 case "idle": report = try await s.idle()
                 case "storm":
                     let users = (0..<(try options.int("users", default: 100))).map { "\(options.string("user-prefix", default: "bench"))\($0)" }

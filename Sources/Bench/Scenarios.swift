@@ -131,6 +131,39 @@ struct Scenarios {
         return Report(scenario: name, fields: fields)
     }
 
+    /// overload: one step offered well past saturation; then wait (up to `--drain-seconds`)
+    /// until every acknowledged message reached every receiver. Reports how many clients
+    /// were disconnected (none should be: overload slows senders, it does not cut readers),
+    /// how many sends were refused, and how long the backlog took to drain.
+    func overload() async throws -> Report {
+        let clients = try options.int("clients", default: 100)
+        let senders = try options.int("senders", default: 10)
+        let seconds = try options.double("seconds", default: 5)
+        let rate = try options.double("rate", default: 300)
+        let drainSeconds = try options.double("drain-seconds", default: 60)
+        let conns = try await open(clients)
+        let r = Dictionary(uniqueKeysWithValues: try await drive(senders: Array(conns.prefix(senders)), receivers: clients,
+                                                                 rate: rate, seconds: seconds, padding: 60))
+        let start = DispatchTime.now().uptimeNanoseconds
+        var s = stats.state.withLockedValue { $0 }
+        let deadline = start + UInt64(drainSeconds * 1e9)
+        while s.delivered < s.acked * clients && DispatchTime.now().uptimeNanoseconds < deadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+            s = stats.state.withLockedValue { $0 }
+        }
+        let drained = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        await close(conns)
+        return Report(scenario: options.string("name", default: "overload"), fields: [
+            ("clients", clients), ("senders", senders), ("rate_per_sender", rate),
+            ("offered_deliveries_per_s", Int(rate * Double(senders * clients))),
+            ("sent", s.sent), ("acked", s.acked), ("refused", s.errors), ("closed", s.closed),
+            ("delivered", s.delivered), ("expected_from_acked", s.acked * clients),
+            ("all_acked_delivered", s.delivered >= s.acked * clients),
+            ("delivered_per_s_in_window", r["delivered_per_s"] ?? 0), ("p99_ms_in_window", r["p99_ms"] ?? 0),
+            ("drain_seconds_after_window", round3(drained)),
+        ])
+    }
+
     /// fan-out: raise the rate until p99 > 50 ms or delivery < 99.9 %; the best rate that met both.
     func fanout() async throws -> Report {
         let clients = try options.int("clients", default: 100)

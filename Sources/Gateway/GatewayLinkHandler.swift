@@ -24,6 +24,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     private let auth: LinkAuth
     private let logger: Logger
     private let onClose: @Sendable () -> Void
+    private let flusher: FlushCoalescer
     let ready: EventLoopPromise<Void>
     private var state: State
     private var context: ChannelHandlerContext?
@@ -42,8 +43,9 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     static let deadAfter = TimeAmount.seconds(10)
 
     init(workerID: String, gatewayID: String, auth: LinkAuth, logger: Logger, ready: EventLoopPromise<Void>,
-         onClose: @escaping @Sendable () -> Void) throws {
+         flusher: FlushCoalescer, onClose: @escaping @Sendable () -> Void) throws {
         self.workerID = workerID
+        self.flusher = flusher
         self.gatewayID = gatewayID
         self.auth = auth
         self.ready = ready
@@ -171,9 +173,10 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        let streams = touched
-        touched.removeAll(keepingCapacity: true)
-        for s in streams { s.flushIfNeeded() }
+        if !touched.isEmpty {
+            flusher.touched(touched, on: context.eventLoop)
+            touched.removeAll(keepingCapacity: true)
+        }
         flushIfNeeded()
     }
 
@@ -219,11 +222,53 @@ struct LinkDown: Error, CustomStringConvertible {
     var description: String { "worker link down" }
 }
 
+/// When the clients of one gateway event loop are flushed. With no delay, at the end of
+/// every read from a worker link. With a delay D, at most once per D per event loop: the
+/// first burst after a quiet D is flushed at once, later ones wait for the rest of D, so
+/// under load several messages leave in one write (and one TLS record batch) per client
+/// for at most D of added latency (`--flush-coalesce-ms`).
+final class FlushCoalescer {
+    private let delay: TimeAmount
+    private var dirty: [GatewayStreamHandler] = []
+    private var scheduled = false
+    private var lastFlush = NIODeadline.distantPast
+
+    init(delay: TimeAmount) {
+        self.delay = delay
+    }
+
+    func touched(_ streams: [GatewayStreamHandler], on loop: EventLoop) {
+        dirty.append(contentsOf: streams)
+        guard !scheduled else { return }
+        let now = NIODeadline.now()
+        if delay == .zero || now - lastFlush >= delay {
+            flush(now)
+            return
+        }
+        scheduled = true
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        loop.scheduleTask(deadline: lastFlush + delay) {
+            let f = bound.value
+            f.scheduled = false
+            f.flush(.now())
+        }
+    }
+
+    private func flush(_ now: NIODeadline) {
+        lastFlush = now
+        let streams = dirty
+        dirty.removeAll(keepingCapacity: true)
+        for s in streams { s.flushIfNeeded() }
+    }
+}
+
 /// This gateway's links: one per (event loop, worker), made when a stream first needs it,
 /// so a client's stream and its link share a thread and no frame hops between threads.
 final class GatewayLinks: Sendable {
     private final class Table {
         var links: [String: EventLoopFuture<GatewayLinkHandler>] = [:]
+        let flusher: FlushCoalescer
+        init(flusher: FlushCoalescer) { self.flusher = flusher }
     }
 
     private let tables: [ObjectIdentifier: NIOLoopBoundBox<Table>]
@@ -231,10 +276,10 @@ final class GatewayLinks: Sendable {
     private let auth: LinkAuth
     private let logger: Logger
 
-    init(group: EventLoopGroup, gatewayID: String, auth: LinkAuth, logger: Logger) {
+    init(group: EventLoopGroup, gatewayID: String, auth: LinkAuth, logger: Logger, flushDelay: TimeAmount = .zero) {
         var tables: [ObjectIdentifier: NIOLoopBoundBox<Table>] = [:]
         for loop in group.makeIterator() {
-            tables[ObjectIdentifier(loop)] = .makeBoxSendingValue(Table(), eventLoop: loop)
+            tables[ObjectIdentifier(loop)] = .makeBoxSendingValue(Table(flusher: FlushCoalescer(delay: flushDelay)), eventLoop: loop)
         }
         self.tables = tables
         self.gatewayID = gatewayID
@@ -262,7 +307,7 @@ final class GatewayLinks: Sendable {
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     let handler = try GatewayLinkHandler(workerID: worker, gatewayID: gatewayID, auth: auth, logger: logger,
-                                                         ready: ready, onClose: forget)
+                                                         ready: ready, flusher: table.value.flusher, onClose: forget)
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(LinkFrameDecoder()),
                         MessageToByteHandler(LinkFrameEncoder()),

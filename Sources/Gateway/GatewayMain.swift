@@ -16,6 +16,7 @@ enum GatewayMain {
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
         let port: Int, idle: Int, absolute: Int, requestTimeout: Double, pingSeconds: Double, maxQueued: Int, maxQueuedBytes: Int
+        let flushCoalesceMs: Double
         let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let tls: NIOSSLContext
@@ -28,6 +29,8 @@ enum GatewayMain {
             guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
             maxQueued = try options.int("max-queued-frames", default: 1024)
             maxQueuedBytes = try options.int("max-queued-bytes", default: 1 << 20)
+            flushCoalesceMs = try options.double("flush-coalesce-ms", default: 0)
+            guard (0...100).contains(flushCoalesceMs) else { throw Options.Invalid("--flush-coalesce-ms must be 0...100") }
             guard maxQueued > 0, maxQueuedBytes >= ChatLimits.maxFrameBytes else {
                 throw Options.Invalid("--max-queued-frames must be positive and --max-queued-bytes at least 65536")
             }
@@ -66,7 +69,8 @@ enum GatewayMain {
             users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024,
             requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory,
             connections: ConnectionRegistry(),
-            links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger),
+            links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger,
+                                flushDelay: .microseconds(Int64(flushCoalesceMs * 1000))),
             streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
                                        pingInterval: .milliseconds(Int64(pingSeconds * 1000)))
         )

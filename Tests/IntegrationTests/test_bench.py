@@ -14,7 +14,8 @@ def test_bench_quick_runs_every_scenario():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = out.stdout.split("== summary", 1)[1]
     reports = {r["scenario"]: r for r in (json.loads(l) for l in summary.splitlines() if l.startswith("{"))}
-    assert set(reports) >= {"fanout", "room", "idle", "storm", "cpu-1msg", "coordinator"}
+    assert set(reports) >= {"fanout", "overload", "room", "idle", "storm", "cpu-1msg", "coordinator"}
+    assert reports["overload"]["all_acked_delivered"] and reports["overload"]["closed"] == 0, reports["overload"]
     for name in ("fanout", "room", "cpu-1msg"):
         r = reports[name]
         assert r["delivered"] > 0 and r["delivered"] == r["expected_deliveries"], r
