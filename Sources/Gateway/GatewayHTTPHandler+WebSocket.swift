@@ -63,7 +63,7 @@ extension GatewayHTTPHandler {
                 let (h, context) = bound.value
                 switch result {
                 case let .success(link):
-                    h.upgrade(context, key: key, to: link, user: user, sessionHash: sessionHash)
+                    h.upgrade(context, key: key, to: link.value, user: user, sessionHash: sessionHash)
                 case .failure:
                     h.ctx.logger.warning("worker unreachable; trying another", metadata: ["worker.id": "\(worker)"])
                     h.connectWorker(context, head, user: user, sessionHash: sessionHash, key: key,
@@ -87,6 +87,7 @@ extension GatewayHTTPHandler {
             respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"], close: true)
             return
         }
+        if let keepalive = ctx.links.keepalive(on: context.eventLoop) { stream.startKeepalive(keepalive) }
         var headers = HTTPHeaders()
         headers.add(name: "Upgrade", value: "websocket")
         headers.add(name: "Connection", value: "Upgrade")

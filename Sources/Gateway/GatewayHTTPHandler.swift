@@ -124,9 +124,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             body(self, context, nil)
             return
         }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
         ctx.sessions.lookup(sid, on: context.eventLoop).map { $0?.user }.whenComplete { result in
-            let (h, context) = bound.value
+            let (h, context, body) = bound.value
             switch result {
             case let .success(user): body(h, context, user)
             case .failure: h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"], close: closeOnFailure)
@@ -298,7 +298,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if close { done.whenComplete { _ in context.close(promise: nil) } }
+        let channel = context.channel
+        if close { done.whenComplete { _ in channel.close(promise: nil) } }
     }
 
     func respondJSON(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ object: [String: Any],

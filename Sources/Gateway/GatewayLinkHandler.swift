@@ -266,9 +266,13 @@ final class FlushCoalescer {
 /// so a client's stream and its link share a thread and no frame hops between threads.
 final class GatewayLinks: Sendable {
     private final class Table {
-        var links: [String: EventLoopFuture<GatewayLinkHandler>] = [:]
+        var links: [String: EventLoopFuture<NIOLoopBound<GatewayLinkHandler>>] = [:]
         let flusher: FlushCoalescer
-        init(flusher: FlushCoalescer) { self.flusher = flusher }
+        let keepalive: StreamKeepalive
+        init(flusher: FlushCoalescer, keepalive: StreamKeepalive) {
+            self.flusher = flusher
+            self.keepalive = keepalive
+        }
     }
 
     private let tables: [ObjectIdentifier: NIOLoopBoundBox<Table>]
@@ -276,10 +280,12 @@ final class GatewayLinks: Sendable {
     private let auth: LinkAuth
     private let logger: Logger
 
-    init(group: EventLoopGroup, gatewayID: String, auth: LinkAuth, logger: Logger, flushDelay: TimeAmount = .zero) {
+    init(group: EventLoopGroup, gatewayID: String, auth: LinkAuth, logger: Logger, flushDelay: TimeAmount = .zero,
+         pingInterval: TimeAmount = .seconds(30)) {
         var tables: [ObjectIdentifier: NIOLoopBoundBox<Table>] = [:]
         for loop in group.makeIterator() {
-            tables[ObjectIdentifier(loop)] = .makeBoxSendingValue(Table(flusher: FlushCoalescer(delay: flushDelay)), eventLoop: loop)
+            tables[ObjectIdentifier(loop)] = .makeBoxSendingValue(
+                Table(flusher: FlushCoalescer(delay: flushDelay), keepalive: StreamKeepalive(interval: pingInterval)), eventLoop: loop)
         }
         self.tables = tables
         self.gatewayID = gatewayID
@@ -287,12 +293,20 @@ final class GatewayLinks: Sendable {
         self.logger = logger
     }
 
+    /// The keepalive timer of `loop`'s client streams (called on `loop`).
+    func keepalive(on loop: EventLoop) -> StreamKeepalive? {
+        guard let table = tables[ObjectIdentifier(loop)] else { return nil }
+        table.value.keepalive.start(on: loop)
+        return table.value.keepalive
+    }
+
     /// The link to `worker` for streams of `loop` (called on `loop`), connecting it if needed.
-    func link(worker: String, endpoint: Endpoint, on loop: EventLoop) -> EventLoopFuture<GatewayLinkHandler> {
+    /// The handler comes loop-bound: it is only ever touched on `loop`.
+    func link(worker: String, endpoint: Endpoint, on loop: EventLoop) -> EventLoopFuture<NIOLoopBound<GatewayLinkHandler>> {
         guard let table = tables[ObjectIdentifier(loop)] else { return loop.makeFailedFuture(LinkDown()) }
         if let existing = table.value.links[worker] {
             return existing.flatMapThrowing { link in
-                guard link.isUsable else { throw LinkDown() }
+                guard link.value.isUsable else { throw LinkDown() }
                 return link
             }
         }
@@ -320,7 +334,7 @@ final class GatewayLinks: Sendable {
             let timeout = loop.scheduleTask(in: .seconds(3)) { channel.close(promise: nil) }
             return ready.futureResult.flatMapThrowing {
                 timeout.cancel()
-                return try channel.pipeline.syncOperations.handler(type: GatewayLinkHandler.self)
+                return NIOLoopBound(try channel.pipeline.syncOperations.handler(type: GatewayLinkHandler.self), eventLoop: loop)
             }
         }
         link.whenFailure { _ in

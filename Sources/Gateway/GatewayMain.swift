@@ -70,7 +70,8 @@ enum GatewayMain {
             requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory,
             connections: ConnectionRegistry(),
             links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger,
-                                flushDelay: .microseconds(Int64(flushCoalesceMs * 1000))),
+                                flushDelay: .microseconds(Int64(flushCoalesceMs * 1000)),
+                                pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
             streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
                                        pingInterval: .milliseconds(Int64(pingSeconds * 1000)))
         )

@@ -43,6 +43,46 @@ enum WebSocketWire {
     }
 }
 
+/// The WebSocket keepalive of every client stream of one event loop: one repeated task
+/// pings them all each interval (a task per connection was a timer and a closure per idle
+/// client). A stream's own clock decides when it is due, so one that joined just before a
+/// tick is pinged at the next one after its interval.
+final class StreamKeepalive {
+    private let interval: TimeAmount
+    private var streams: [ObjectIdentifier: (stream: GatewayStreamHandler, since: NIODeadline)] = [:]
+    private var task: RepeatedTask?
+
+    init(interval: TimeAmount) {
+        self.interval = interval
+    }
+
+    func add(_ s: GatewayStreamHandler) {
+        streams[ObjectIdentifier(s)] = (s, .now())
+    }
+
+    func remove(_ s: GatewayStreamHandler) {
+        streams.removeValue(forKey: ObjectIdentifier(s))
+    }
+
+    /// Starts the loop's timer (once, on `loop`); ticks at a tenth of the interval so that each
+    /// stream is pinged within 10 % of its own interval.
+    func start(on loop: EventLoop) {
+        guard task == nil else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let tick = TimeAmount.nanoseconds(max(interval.nanoseconds / 10, 10_000_000))
+        task = loop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in bound.value.tick() }
+    }
+
+    private func tick() {
+        let now = NIODeadline.now()
+        for key in Array(streams.keys) {
+            guard let entry = streams[key], now - entry.since >= interval else { continue }
+            streams[key]?.since = now
+            entry.stream.ping(interval: interval, now: now)
+        }
+    }
+}
+
 /// One client's WebSocket, after the upgrade: framing rules (masking, RSV bits,
 /// fragments, UTF-8, sizes), pings, the bounded outgoing queue; every complete text
 /// message goes to the worker as it is. It never interprets chat frames. Outgoing frames
@@ -52,15 +92,19 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let limits: StreamLimits
-    private var logger: Logger
+    /// Shared, never given per-stream metadata: a Logger with its own metadata is a heap box
+    /// and a dictionary per idle connection. Log calls name the worker themselves.
+    private let logger: Logger
+    private var workerID = ""
     private var context: ChannelHandlerContext?
     private var link: GatewayLinkHandler?
     private var streamID: UInt32 = 0
-    private var outgoing = CircularBuffer<ByteBuffer>()
+    /// Empty nearly always: start it small (NIO's default reserves 16 slots per connection).
+    private var outgoing = CircularBuffer<ByteBuffer>(initialCapacity: 1)
     private var outgoingBytes = 0
     private var needsFlush = false
     private var lastInbound = NIODeadline.now()
-    private var pingTask: RepeatedTask?
+    private var keepalive: StreamKeepalive?
     private var closing = false
     private var fragments: ByteBuffer?
 
@@ -74,26 +118,27 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         guard let id = link.open(self, user: user, sessionHash: sessionHash, address: address) else { return false }
         self.link = link
         self.streamID = id
-        logger[metadataKey: "worker.id"] = "\(link.workerID)"
+        workerID = link.workerID
         return true
+    }
+
+    /// Pings come from one timer per event loop (`StreamKeepalive`), not one per connection.
+    func startKeepalive(_ k: StreamKeepalive) {
+        keepalive = k
+        k.add(self)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let interval = limits.pingInterval
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            bound.value.keepalive(interval: interval)
-        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        pingTask?.cancel()
+        keepalive?.remove(self)
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        pingTask?.cancel()
+        keepalive?.remove(self)
         outgoing.removeAll()
         outgoingBytes = 0
         link?.clientClosed(streamID)
@@ -182,7 +227,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
             return
         }
         guard outgoing.count < limits.maxQueuedFrames, outgoingBytes + frame.readableBytes <= limits.maxQueuedBytes else {
-            logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)", "queued.bytes": "\(outgoingBytes)"])
+            logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)", "queued.bytes": "\(outgoingBytes)", "worker.id": "\(workerID)"])
             outgoing.removeAll()
             outgoingBytes = 0
             closeWith(code: 4008)
@@ -239,15 +284,16 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         closeWith(code: code)
     }
 
-    private func keepalive(interval: TimeAmount) {
+    /// Called by the loop's keepalive timer every ping interval.
+    func ping(interval: TimeAmount, now: NIODeadline) {
         guard let context, !closing else { return }
-        if NIODeadline.now() - lastInbound > interval * 2 {
-            logger.info("no answer to pings; closing")
+        if now - lastInbound > interval * 2 {
+            logger.info("no answer to pings; closing", metadata: ["worker.id": "\(workerID)"])
             context.close(promise: nil)
             return
         }
         var data = context.channel.allocator.buffer(capacity: 8)
-        data.writeInteger(UInt64(NIODeadline.now().uptimeNanoseconds))
+        data.writeInteger(UInt64(now.uptimeNanoseconds))
         context.writeAndFlush(wrapOutboundOut(WebSocketWire.frame(opcode: .ping, payload: data, allocator: context.channel.allocator)), promise: nil)
     }
 
@@ -256,9 +302,9 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         closing = true
         link?.clientClosed(streamID)
         link = nil
-        context.writeAndFlush(wrapOutboundOut(WebSocketWire.close(code: code))).whenComplete { _ in context.close(promise: nil) }
-        // Do not wait forever for a peer that no longer reads; a slow one gets time to read its 4008.
         let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketWire.close(code: code))).whenComplete { _ in channel.close(promise: nil) }
+        // Do not wait forever for a peer that no longer reads; a slow one gets time to read its 4008.
         context.eventLoop.scheduleTask(in: code == 4008 ? .seconds(10) : .seconds(2)) { channel.close(promise: nil) }
     }
 }

@@ -72,7 +72,7 @@ struct MessageStore: Sendable {
     func since(_ since: MessageID, room: String, batch: Int = 500, on eventLoop: EventLoop,
                each: @escaping @Sendable ([ChatMessage]) -> Void) -> EventLoopFuture<Bool> {
         let redis = self.redis
-        func page(after cursor: MessageID) -> EventLoopFuture<Void> {
+        @Sendable func page(after cursor: MessageID) -> EventLoopFuture<Void> {
             redis.sendChecked(["XRANGE", Self.streamKey(room), "(\(cursor)", "+", "COUNT", String(batch)], on: eventLoop).flatMap { reply in
                 let messages = Self.messages(from: reply, room: room)
                 if !messages.isEmpty { each(messages) }

@@ -246,10 +246,11 @@ final class WorkerLinkHandler: ChannelInboundHandler {
 
     private func touchSession(_ id: UInt32, _ stream: Stream) {
         guard let bound, let loop = context?.eventLoop, let endsAt = stream.machine.sessionEndsAt else { return }
+        let connectionID = stream.info.id
         ctx.sessions.keepAlive(hash: stream.sessionHash, endsAtMs: endsAt, on: loop).whenSuccess { alive in
             guard !alive else { return }
             let h = bound.value
-            h.logger.info("session ended; closing", metadata: ["connection.id": "\(stream.info.id)"])
+            h.logger.info("session ended; closing", metadata: ["connection.id": "\(connectionID)"])
             h.event(id) { $0.sessionLost() }
             h.flushIfNeeded()
         }
