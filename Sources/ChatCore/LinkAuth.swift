@@ -16,14 +16,25 @@ public struct LinkAuth: Sendable {
 
     public static func nonce() throws -> [UInt8] { try Crypto.randomBytes(LinkFrame.nonceBytes) }
 
+    /// The transcript both proofs cover: the version, both ids (so a relayed handshake cannot
+    /// be presented as another worker's or gateway's), and both nonces. Strings are
+    /// length-prefixed so no two transcripts run together.
+    static func transcript(_ role: String, gateway: String, worker: String, gatewayNonce: [UInt8], workerNonce: [UInt8]) -> [UInt8] {
+        var out = Array("securechat-link v\(LinkFrame.version) \(role)".utf8)
+        for part in [Array(gateway.utf8), Array(worker.utf8), gatewayNonce, workerNonce] {
+            out += [UInt8(truncatingIfNeeded: part.count >> 8), UInt8(truncatingIfNeeded: part.count)] + part
+        }
+        return out
+    }
+
     /// What the worker sends in `challenge`.
-    public func workerProof(gatewayNonce: [UInt8], workerNonce: [UInt8]) -> [UInt8] {
-        Crypto.hmacSHA256(key: key, Array("securechat-link worker".utf8) + gatewayNonce + workerNonce)
+    public func workerProof(gateway: String, worker: String, gatewayNonce: [UInt8], workerNonce: [UInt8]) -> [UInt8] {
+        Crypto.hmacSHA256(key: key, Self.transcript("worker", gateway: gateway, worker: worker, gatewayNonce: gatewayNonce, workerNonce: workerNonce))
     }
 
     /// What the gateway sends in `proof`.
-    public func gatewayProof(gatewayNonce: [UInt8], workerNonce: [UInt8]) -> [UInt8] {
-        Crypto.hmacSHA256(key: key, Array("securechat-link gateway".utf8) + gatewayNonce + workerNonce)
+    public func gatewayProof(gateway: String, worker: String, gatewayNonce: [UInt8], workerNonce: [UInt8]) -> [UInt8] {
+        Crypto.hmacSHA256(key: key, Self.transcript("gateway", gateway: gateway, worker: worker, gatewayNonce: gatewayNonce, workerNonce: workerNonce))
     }
 
     public func verify(_ proof: [UInt8], expected: [UInt8]) -> Bool {

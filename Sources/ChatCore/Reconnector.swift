@@ -66,6 +66,12 @@ public struct Reconnector: Sendable {
                 do {
                     let ch = try await connect()
                     current.withLockedValue { $0 = ch }
+                    // Cancelled while connecting: the handler found no channel to close.
+                    if Task.isCancelled || Task.isShuttingDownGracefully {
+                        ch.close(promise: nil)
+                        current.withLockedValue { $0 = nil }
+                        break
+                    }
                     do {
                         try await established(ch)
                     } catch {

@@ -112,6 +112,7 @@ extension GatewayHTTPHandler {
             if let decoder = httpHandlers.last { pipeline.removeHandler(decoder, promise: nil) }
             ctx.logger.debug("stream opened", metadata: ["worker.id": "\(link.workerID)"])
         } catch {
+            stream.detach()
             context.close(promise: nil)
         }
     }

@@ -106,12 +106,13 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         case let .connecting(nonce):
             guard case let .challenge(version, worker, workerNonce, proof) = frame, version == LinkFrame.version,
                   worker == workerID, workerNonce.count == LinkFrame.nonceBytes,
-                  auth.verify(proof, expected: auth.workerProof(gatewayNonce: nonce, workerNonce: workerNonce)) else {
+                  auth.verify(proof, expected: auth.workerProof(gateway: gatewayID, worker: workerID, gatewayNonce: nonce, workerNonce: workerNonce)) else {
                 logger.error("worker link refused: the worker did not prove the cluster secret (or is not the worker routed to)")
                 context.close(promise: nil)
                 return
             }
-            context.writeAndFlush(wrapOutboundOut(.proof(auth.gatewayProof(gatewayNonce: nonce, workerNonce: workerNonce))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.proof(auth.gatewayProof(gateway: gatewayID, worker: workerID,
+                                                                           gatewayNonce: nonce, workerNonce: workerNonce))), promise: nil)
             state = .ready
             logger.debug("worker link up")
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)

@@ -130,6 +130,15 @@ final class GatewayStreamHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // A pause recorded at attach time (the link was not writable) takes effect now.
+        if workerPaused || linkPaused { updateReading() }
+    }
+
+    /// The upgrade could not install the handler: undo the attach.
+    func detach() {
+        keepalive?.remove(self)
+        link?.clientClosed(streamID)
+        link = nil
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -273,13 +282,21 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     }
 
     private func updateReading() {
-        context?.channel.setOption(.autoRead, value: !workerPaused && !linkPaused).whenFailure { _ in }
+        let reading = !workerPaused && !linkPaused
+        if reading { lastInbound = .now() }
+        context?.channel.setOption(.autoRead, value: reading).whenFailure { _ in }
     }
 
     /// The worker ended the stream, or its link went away.
     func linkClosed(code: UInt16) {
         link = nil
-        // What the worker sent before its close goes first.
+        // What the worker sent before its close goes first, queued frames included
+        // (the close's own timer bounds how long a client that does not read gets).
+        if let context, !closing {
+            while let frame = outgoing.popFirst() { context.write(wrapOutboundOut(frame), promise: nil) }
+            outgoingBytes = 0
+            needsFlush = true
+        }
         flushIfNeeded()
         closeWith(code: code)
     }
@@ -287,7 +304,8 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     /// Called by the loop's keepalive timer every ping interval.
     func ping(interval: TimeAmount, now: NIODeadline) {
         guard let context, !closing else { return }
-        if now - lastInbound > interval * 2 {
+        // While we do not read the client (its worker asked us to wait), its pongs wait unread.
+        if !workerPaused && !linkPaused && now - lastInbound > interval * 2 {
             logger.info("no answer to pings; closing", metadata: ["worker.id": "\(workerID)"])
             context.close(promise: nil)
             return

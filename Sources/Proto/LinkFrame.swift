@@ -84,8 +84,9 @@ public struct LinkCodecError: Error, Equatable, CustomStringConvertible {
 
 /// Encoding and decoding of link frames.
 public enum LinkCodec {
-    /// Largest frame body accepted: a welcome with full history, or a deliver to many streams.
-    public static let maxFrameBytes = 8 << 20
+    /// Largest frame body accepted: a welcome with the largest history (1,000 messages of
+    /// 2,000 scalars, each escaped to 6 bytes at worst: about 12 MB), or a deliver to many streams.
+    public static let maxFrameBytes = 16 << 20
     /// Largest frame accepted before the handshake is done: a stranger gets little buffer.
     public static let maxHandshakeBytes = 512
     /// Most streams one `deliver` names.

@@ -17,6 +17,9 @@ final class Hub: Sendable {
         let stream: UInt32
         let link: NIOLoopBound<WorkerLinkHandler>
         let eventLoop: EventLoop
+        /// Reported open to the coordinator (after its session check): only these are in
+        /// a registration, so the coordinator never counts one it will not hear close.
+        var reported = false
     }
 
     private struct Relay {
@@ -69,11 +72,15 @@ final class Hub: Sendable {
         entries.withLockedValue { $0[entry.info.id] = entry }
     }
 
+    func markReported(_ id: String) {
+        entries.withLockedValue { $0[id]?.reported = true }
+    }
+
     func remove(_ id: String, eventLoop: EventLoop) {
         _ = entries.withLockedValue { $0.removeValue(forKey: id) }
     }
 
-    var connections: [ConnectionInfo] { entries.withLockedValue { $0.values.map(\.info) } }
+    var connections: [ConnectionInfo] { entries.withLockedValue { $0.values.filter(\.reported).map(\.info) } }
     var count: Int { entries.withLockedValue { $0.count } }
     var localUsers: [String] { Array(Set(connections.map(\.user))).sorted() }
 

@@ -143,6 +143,9 @@ struct StreamStateMachine<Payload, Frame> {
             busy = true
             return [.process(frame)]
         }
+        // Frames already in flight when input was paused still arrive; past a hard bound
+        // the client is ignoring the pause: 1008.
+        guard queuedFrames < inputHigh * 4 else { return close(1008) }
         inbox.append(frame)
         if queuedFrames >= inputHigh && !inputPaused {
             inputPaused = true

@@ -92,11 +92,12 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 return
             }
             handshake = .awaitingProof(gatewayNonce: nonce, workerNonce: mine, gateway: gateway)
-            let proof = ctx.auth.workerProof(gatewayNonce: nonce, workerNonce: mine)
+            let proof = ctx.auth.workerProof(gateway: gateway, worker: ctx.workerID, gatewayNonce: nonce, workerNonce: mine)
             context.writeAndFlush(wrapOutboundOut(.challenge(version: LinkFrame.version, worker: ctx.workerID, nonce: mine, proof: proof)), promise: nil)
         case let .awaitingProof(gatewayNonce, workerNonce, gateway):
             guard case let .proof(proof) = frame,
-                  ctx.auth.verify(proof, expected: ctx.auth.gatewayProof(gatewayNonce: gatewayNonce, workerNonce: workerNonce)) else {
+                  ctx.auth.verify(proof, expected: ctx.auth.gatewayProof(gateway: gateway, worker: ctx.workerID,
+                                                                         gatewayNonce: gatewayNonce, workerNonce: workerNonce)) else {
                 logger.warning("link refused: the gateway did not prove the cluster secret")
                 context.close(promise: nil)
                 return
@@ -122,7 +123,9 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     /// While the gateway does not take what we send, take no more of its clients' frames:
     /// the backpressure reaches the senders over TCP; what readers are owed still goes out.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        readingPaused = !context.channel.isWritable
+        let paused = !context.channel.isWritable
+        if paused && !readingPaused { unwritableSince = .now() }
+        readingPaused = paused
         context.channel.setOption(.autoRead, value: !readingPaused).whenFailure { _ in }
         if !readingPaused { lastInbound = .now() }
         context.fireChannelWritabilityChanged()
@@ -162,6 +165,9 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         guard streams[id] != nil else { return }
         let actions = body(&streams[id]!.machine)
         perform(actions, stream: id)
+        // A stream that ended without anything to report (closed during its session check)
+        // is forgotten here; the others were forgotten by their close or reportClosed action.
+        if let s = streams[id], s.machine.isClosed { forget(id, s) }
     }
 
     private func perform(_ actions: [Machine.Action], stream id: UInt32) {
@@ -227,6 +233,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     private func fetchWelcome(_ id: UInt32, _ stream: Stream) {
         guard let bound, let loop = context?.eventLoop else { return }
         let ctx = self.ctx, info = stream.info
+        ctx.hub.markReported(info.id)
         ctx.coordinator.callFuture(.connectionOpened(worker: ctx.workerID, connection: info)).hop(to: loop)
             .map { response -> [String] in
                 if case let .opened(list) = response { return list }
@@ -259,11 +266,19 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     private var lastInbound = NIODeadline.now()
     /// Not reading while the gateway takes nothing: its pings wait unread meanwhile.
     private var readingPaused = false
+    private var unwritableSince = NIODeadline.now()
 
     private func tick() {
         // The gateway pings every 2 s: a link silent for 15 s is gone (a cut network closes nothing).
         if !readingPaused, NIODeadline.now() - lastInbound > .seconds(15), let context {
             logger.warning("gateway link silent; closing it")
+            context.close(promise: nil)
+            return
+        }
+        // A gateway that takes nothing for 30 s (stopped, or a cut network with a zero window)
+        // would make this worker queue every broadcast for it: the link goes instead.
+        if readingPaused, NIODeadline.now() - unwritableSince > .seconds(30), let context {
+            logger.warning("gateway link not draining for 30 s; closing it")
             context.close(promise: nil)
             return
         }
@@ -290,7 +305,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         switch ClientFrame.decode(bytes.readableBytesView) {
         case let .failure(error):
             reply(id, .error(code: error.code.rawValue, message: error.message, ref: error.ref, retryAfterMs: nil))
-            done(id)
+            // Next frame on the next loop turn: a burst of bad frames must not recurse frame by frame.
+            loop.execute { bound.value.done(id) }
         case let .success(.send(body, ref, room)):
             ctx.limiter.check(.message, key: info.user, on: loop).flatMap { decision -> EventLoopFuture<ServerFrame> in
                 guard decision.allowed else {

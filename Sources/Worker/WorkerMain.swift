@@ -19,6 +19,10 @@ enum WorkerMain {
         let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int
         do {
             listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
+            if case .tcp = listen, options.string("cluster-secret") == nil {
+                // On TCP anyone who reaches the port could open streams: the links must prove a secret.
+                throw Options.Invalid("--listen on TCP needs --cluster-secret (or SECURECHAT_CLUSTER_SECRET)")
+            }
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
             coordinatorEndpoint = try Endpoint(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
             limits = try RateLimits(options: options)

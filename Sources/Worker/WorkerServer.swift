@@ -53,9 +53,18 @@ final class LinkOrHealthSniffer: ChannelInboundHandler, RemovableChannelHandler 
     private let link: @Sendable (Channel) throws -> Void
     private let health: @Sendable (Channel) throws -> Void
 
+    private var deadline: Scheduled<Void>?
+
     init(link: @escaping @Sendable (Channel) throws -> Void, health: @escaping @Sendable (Channel) throws -> Void) {
         self.link = link
         self.health = health
+    }
+
+    /// A stranger gets 5 s in all: to say what it is, and for a health check to be answered.
+    /// (A link's handshake has its own 5 s from when it is recognised.)
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -63,6 +72,7 @@ final class LinkOrHealthSniffer: ChannelInboundHandler, RemovableChannelHandler 
         if seen == nil { seen = chunk } else { seen!.writeBuffer(&chunk) }
         guard let buffer = seen, buffer.readableBytes >= 4 else { return }
         let isHTTP = buffer.getString(at: buffer.readerIndex, length: 4) == "GET "
+        if !isHTTP { deadline?.cancel() }
         do {
             try (isHTTP ? health : link)(context.channel)
         } catch {

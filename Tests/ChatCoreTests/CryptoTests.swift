@@ -70,3 +70,23 @@ import Testing
         #expect(Crypto.constantTimeEqual([1, 2], [1, 2]) && !Crypto.constantTimeEqual([1, 2], [1, 3]) && !Crypto.constantTimeEqual([1], [1, 2]))
     }
 }
+
+@Suite struct LinkAuthTests {
+    let g = [UInt8](repeating: 1, count: 16), w = [UInt8](repeating: 2, count: 16)
+
+    @Test func proofsDependOnSecretRoleIdsAndNonces() {
+        let a = LinkAuth(secret: "s3cret")
+        let base = a.workerProof(gateway: "gw-1", worker: "worker-1", gatewayNonce: g, workerNonce: w)
+        #expect(base.count == 32)
+        #expect(a.verify(base, expected: a.workerProof(gateway: "gw-1", worker: "worker-1", gatewayNonce: g, workerNonce: w)))
+        // A relayed handshake cannot be passed off as another worker's or gateway's, or replayed with a new nonce.
+        #expect(base != a.workerProof(gateway: "gw-1", worker: "worker-2", gatewayNonce: g, workerNonce: w))
+        #expect(base != a.workerProof(gateway: "gw-2", worker: "worker-1", gatewayNonce: g, workerNonce: w))
+        #expect(base != a.workerProof(gateway: "gw-1", worker: "worker-1", gatewayNonce: w, workerNonce: g))
+        #expect(base != a.gatewayProof(gateway: "gw-1", worker: "worker-1", gatewayNonce: g, workerNonce: w))
+        #expect(base != LinkAuth(secret: "other").workerProof(gateway: "gw-1", worker: "worker-1", gatewayNonce: g, workerNonce: w))
+        // Ids cannot run together: ("ab","c") and ("a","bc") differ.
+        #expect(a.workerProof(gateway: "ab", worker: "c", gatewayNonce: g, workerNonce: w)
+                != a.workerProof(gateway: "a", worker: "bc", gatewayNonce: g, workerNonce: w))
+    }
+}

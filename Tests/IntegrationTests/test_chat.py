@@ -7,6 +7,7 @@ import time
 import requests
 import websockets
 
+from conftest import wait_until
 from wsclient import Client, id_key, run
 
 
@@ -241,3 +242,6 @@ def test_sockets_opened_and_closed_at_once_leave_no_one_online(deployment):
             await asyncio.sleep(0.1)
 
     run(scenario())
+    # And no worker still holds a stream of them (one closed during its session check used to stay).
+    wait_until(lambda: sum(deployment.worker_health(w)[1]["connections"] for w in ("worker-1", "worker-2")) == 0, 10,
+               what="every stream forgotten")

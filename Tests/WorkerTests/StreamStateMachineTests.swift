@@ -173,4 +173,21 @@ import Testing
         #expect(m.replayed([(Self.id(1), "m1")]).isEmpty)
         #expect(m.replayEnded("synced").isEmpty)
     }
+
+    @Test func aClientIgnoringThePauseIsClosedWith1008() {
+        var m = Self.live()  // inputHigh 3: hard bound 12 queued
+        _ = m.clientFrame("busy")
+        for i in 0..<12 { _ = m.clientFrame("f\(i)") }
+        let a = m.clientFrame("one too many")
+        guard a.count == 2, case .close(1008) = a[0], case .reportClosed = a[1] else { Issue.record("\(a)"); return }
+        #expect(m.isClosed)
+    }
+
+    @Test func streamClosedDuringItsSessionCheckEndsClosed() {
+        var m = Machine(nowMs: 0, idleMs: 10_000)
+        _ = m.opened()
+        #expect(m.clientClosed().isEmpty)   // nothing to report: it was never reported open
+        #expect(m.isClosed)                 // and the link handler forgets it for that
+        #expect(m.sessionChecked(endsAtMs: 100, nowMs: 0).isEmpty)
+    }
 }
