@@ -45,8 +45,9 @@ struct StreamStateMachine<Payload, Frame> {
     private var replaysRunning = 0
     private var held: [(id: MessageID, payload: Payload)] = []
     private var eventsBeforeWelcome: [Payload] = []
-    private var inbox: [Frame] = []
+    private var inbox: [(frame: Frame, bytes: Int)] = []
     private var inboxHead = 0
+    private var inboxBytes = 0
     private var busy = true
     private var inputPaused = false
     private var reportedOpen = false
@@ -58,7 +59,14 @@ struct StreamStateMachine<Payload, Frame> {
     let inputHigh: Int
     let inputLow: Int
 
-    init(nowMs: Int64, idleMs: Int64, maxHeld: Int = 1024, inputHigh: Int = 64, inputLow: Int = 16) {
+    /// Bytes of client frames that may wait, whatever the pause: frames already on their way
+    /// when input is paused still arrive (a gateway reads at loopback speed before the pause
+    /// reaches it), so the bound is generous; past it the client gets 1008.
+    let maxInboxBytes: Int
+
+    init(nowMs: Int64, idleMs: Int64, maxHeld: Int = 1024, inputHigh: Int = 64, inputLow: Int = 16,
+         maxInboxBytes: Int = 16 << 20) {
+        self.maxInboxBytes = maxInboxBytes
         self.lastTouchMs = nowMs
         self.idleMs = idleMs
         self.maxHeld = maxHeld
@@ -137,16 +145,15 @@ struct StreamStateMachine<Payload, Frame> {
     }
 
     /// A frame from the client.
-    mutating func clientFrame(_ frame: Frame) -> [Action] {
+    mutating func clientFrame(_ frame: Frame, bytes: Int = 1) -> [Action] {
         guard phase != .closed else { return [] }
         if !busy {
             busy = true
             return [.process(frame)]
         }
-        // Frames already in flight when input was paused still arrive; past a hard bound
-        // the client is ignoring the pause: 1008.
-        guard queuedFrames < inputHigh * 4 else { return close(1008) }
-        inbox.append(frame)
+        guard inboxBytes + bytes <= maxInboxBytes else { return close(1008) }
+        inbox.append((frame, bytes))
+        inboxBytes += bytes
         if queuedFrames >= inputHigh && !inputPaused {
             inputPaused = true
             return [.pauseInput]
@@ -163,7 +170,8 @@ struct StreamStateMachine<Payload, Frame> {
 
     private mutating func nextFrame() -> [Action] {
         guard !busy, inboxHead < inbox.count else { return [] }
-        let frame = inbox[inboxHead]
+        let (frame, bytes) = inbox[inboxHead]
+        inboxBytes -= bytes
         inboxHead += 1
         if inboxHead == inbox.count {
             inbox.removeAll(keepingCapacity: true)
@@ -255,5 +263,6 @@ struct StreamStateMachine<Payload, Frame> {
         eventsBeforeWelcome = []
         inbox = []
         inboxHead = 0
+        inboxBytes = 0
     }
 }

@@ -145,7 +145,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             logger.debug("stream opened", metadata: ["connection.id": "\(info.id)", "user": "\(user)", "client.address": "\(address)"])
             event(stream) { $0.opened() }
         case let .clientText(stream, payload):
-            event(stream) { $0.clientFrame(payload) }
+            event(stream) { $0.clientFrame(payload, bytes: payload.readableBytes) }
         case let .clientClosed(stream):
             event(stream) { $0.clientClosed() }
         case .ping(let v):

@@ -175,10 +175,13 @@ import Testing
     }
 
     @Test func aClientIgnoringThePauseIsClosedWith1008() {
-        var m = Self.live()  // inputHigh 3: hard bound 12 queued
-        _ = m.clientFrame("busy")
-        for i in 0..<12 { _ = m.clientFrame("f\(i)") }
-        let a = m.clientFrame("one too many")
+        var m = Machine(nowMs: 0, idleMs: 10_000, maxHeld: 4, inputHigh: 3, inputLow: 1, maxInboxBytes: 1000)
+        _ = m.opened()
+        _ = m.sessionChecked(endsAtMs: 100_000, nowMs: 0)
+        _ = m.welcomeReady("welcome", lastHistory: nil)
+        _ = m.clientFrame("busy", bytes: 500)
+        for i in 0..<10 { #expect(!m.clientFrame("f\(i)", bytes: 100).contains { if case .close = $0 { true } else { false } }) }
+        let a = m.clientFrame("one too many", bytes: 1)
         guard a.count == 2, case .close(1008) = a[0], case .reportClosed = a[1] else { Issue.record("\(a)"); return }
         #expect(m.isClosed)
     }
