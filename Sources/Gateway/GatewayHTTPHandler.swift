@@ -7,8 +7,8 @@ import NIOPosix
 import Proto
 
 /// One client's HTTP/1.1 requests: pages, assets, the JSON API, and the
-/// hand-off of `/ws` to a worker, after which it removes the HTTP handlers and
-/// splices the TLS stream to the worker's socket.
+/// WebSocket upgrade of `/ws`, after which it removes the HTTP handlers and the
+/// connection is a stream on this event loop's link to a worker.
 final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart

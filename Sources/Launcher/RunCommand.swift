@@ -103,7 +103,7 @@ struct RunCommand {
             logger.info("shutting down", metadata: ["signal": "\(signal.map { "\($0)" } ?? "?")"])
             group.cancelAll()
         }
-        // Gateways stop accepting while workers drain (1012 through the still-open splices);
+        // Gateways stop accepting while workers drain (1012 through the still-open streams);
         // then the control plane and Redis.
         await withTaskGroup(of: Void.self) { g in
             for c in children where c.name.hasPrefix("gateway") || c.name.hasPrefix("worker") {
