@@ -44,14 +44,11 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     private var tickTask: RepeatedTask?
     private var needsFlush = false
     private var logger: Logger
-    private var linkID = ""
 
     init(ctx: WorkerContext) {
         self.ctx = ctx
         self.logger = ctx.logger
     }
-
-    var streamCount: Int { streams.count }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -103,12 +100,14 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 return
             }
             handshake = .done(gateway: gateway)
-            linkID = gateway
             logger[metadataKey: "gateway.id"] = "\(gateway)"
             logger.info("gateway link up")
             ctx.hub.addLink(self, eventLoop: context.eventLoop)
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            tickTask = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            // Ticks at least four times per idle period, so the touch every half period (checked at
+            // ticks) always lands before the session's idle expiry, however short it is configured.
+            let tick = TimeAmount.milliseconds(max(50, min(1000, Int64(ctx.sessions.idleSeconds) * 250)))
+            tickTask = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
                 bound.value.tick()
             }
         case .done:
@@ -189,12 +188,9 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             case .touchSession:
                 touchSession(id, stream)
             case let .close(code):
+                // The entry stays until reportClosed (if the open was reported) or the end of `event`.
                 write(.close(stream: id, code: code))
                 if code == 4008 { logger.info("stream too slow; closing", metadata: ["connection.id": "\(stream.info.id)"]) }
-                // The machine reports the close next (if it reported the open): keep the entry until then.
-                if !actions.contains(where: { if case .reportClosed = $0 { return true } else { return false } }) {
-                    forget(id, stream)
-                }
             case .reportClosed:
                 let info = stream.info
                 _ = ctx.coordinator.callFuture(.connectionClosed(worker: ctx.workerID, connection: info))
@@ -205,7 +201,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
 
     private func forget(_ id: UInt32, _ stream: Stream) {
         streams.removeValue(forKey: id)
-        if let loop = context?.eventLoop { ctx.hub.remove(stream.info.id, eventLoop: loop) }
+        ctx.hub.remove(stream.info.id)
         logger.debug("stream closed", metadata: ["connection.id": "\(stream.info.id)"])
     }
 
