@@ -20,7 +20,8 @@ public final class RateLimiterClient: Sendable {
     /// Number of decisions taken locally so far.
     public var fallbackCount: Int { local.withLockedValue { $0.fallbacks } }
 
-    /// `check` as a future completed on `eventLoop` (for callers that stay on their event loop).
+    /// One global decision (spending a cell when `consume`), completed on `eventLoop`; decided
+    /// locally when the coordinator does not answer.
     public func check(_ kind: RateLimitKind, key: String, consume: Bool = true, on eventLoop: EventLoop) -> EventLoopFuture<GCRA.Decision> {
         link.callFuture(.rateCheck(kind: kind, key: key, consume: consume)).hop(to: eventLoop).flatMapThrowing { response in
             guard case let .rate(allowed, retryAfterMs) = response else { throw CoordinatorUnavailable() }
@@ -51,11 +52,5 @@ public final class RateLimiterClient: Sendable {
         return decision
     }
 
-    public func check(_ kind: RateLimitKind, key: String, consume: Bool = true) async -> GCRA.Decision {
-        if case let .rate(allowed, retryAfterMs)? = try? await link.call(.rateCheck(kind: kind, key: key, consume: consume)) {
-            restored()
-            return GCRA.Decision(allowed: allowed, retryAfter: Double(retryAfterMs) / 1000)
-        }
-        return decideLocally(kind, key: key, consume: consume)
-    }
+
 }

@@ -31,38 +31,6 @@ public struct SessionStore: Sendable {
         public var endsAtMs: Int64
     }
 
-    /// Creates a session for `user` with a fresh id and returns the id.
-    public func create(user: String) async throws -> String {
-        let id = try Crypto.newToken()
-        let ttl = min(idleSeconds, absoluteSeconds)
-        try await redis.send(["SET", Self.key(hash: Self.hash(id)), "\(user)\n\(Self.nowMs())", "EX", String(ttl)])
-        return id
-    }
-
-    /// The user of a live session, sliding its idle expiry; nil when unknown or expired.
-    /// Throws `RedisError` when Redis cannot answer.
-    public func validate(_ sessionID: String) async throws -> String? {
-        try await lookup(sessionID)?.user
-    }
-
-    /// A live session, sliding its idle expiry; nil when unknown or expired.
-    public func lookup(_ sessionID: String) async throws -> Session? {
-        guard Self.isWellFormed(sessionID) else { return nil }
-        let key = Self.key(hash: Self.hash(sessionID))
-        guard let value = try await redis.send(["GET", key]).string else { return nil }
-        let parts = value.split(separator: "\n", maxSplits: 1)
-        guard parts.count == 2, let created = Int64(parts[1]) else { return nil }
-        let session = Session(user: String(parts[0]), endsAtMs: created + Int64(absoluteSeconds) * 1000)
-        guard try await slide(key: key, endsAtMs: session.endsAtMs) else { return nil }
-        return session
-    }
-
-    /// Keeps a session that an open WebSocket is using from expiring for idleness (never past
-    /// its absolute end). False when the session is gone: logged out, expired, or past its end.
-    public func keepAlive(hash: String, endsAtMs: Int64) async throws -> Bool {
-        try await slide(key: Self.key(hash: hash), endsAtMs: endsAtMs)
-    }
-
     /// A live session looked up by the hash of its id (what a worker is given), sliding its
     /// idle expiry; nil when unknown or expired. Completed on `eventLoop`.
     public func lookup(hash: String, on eventLoop: EventLoop) -> EventLoopFuture<Session?> {
@@ -76,13 +44,14 @@ public struct SessionStore: Sendable {
         }
     }
 
-    /// `lookup` of a session id, as a future completed on `eventLoop`.
+    /// A live session, sliding its idle expiry; nil when unknown or expired (Redis errors fail
+    /// the future). Completed on `eventLoop`, as are all of these.
     public func lookup(_ sessionID: String, on eventLoop: EventLoop) -> EventLoopFuture<Session?> {
         guard Self.isWellFormed(sessionID) else { return eventLoop.makeSucceededFuture(nil) }
         return lookup(hash: Self.hash(sessionID), on: eventLoop)
     }
 
-    /// `create` as a future completed on `eventLoop`.
+    /// Creates a session for `user` with a fresh id and returns the id.
     public func create(user: String, on eventLoop: EventLoop) -> EventLoopFuture<String> {
         do {
             let id = try Crypto.newToken()
@@ -94,7 +63,7 @@ public struct SessionStore: Sendable {
         }
     }
 
-    /// `destroy` as a future completed on `eventLoop`.
+    /// Deletes the session and tells every worker to close its streams (4001). True if it existed.
     public func destroy(_ sessionID: String, on eventLoop: EventLoop) -> EventLoopFuture<Bool> {
         guard Self.isWellFormed(sessionID) else { return eventLoop.makeSucceededFuture(false) }
         let hash = Self.hash(sessionID)
@@ -103,7 +72,8 @@ public struct SessionStore: Sendable {
         }
     }
 
-    /// `keepAlive` as a future completed on `eventLoop`.
+    /// Keeps a session that an open WebSocket is using from expiring for idleness (never past
+    /// its absolute end). False when the session is gone: logged out, expired, or past its end.
     public func keepAlive(hash: String, endsAtMs: Int64, on eventLoop: EventLoop) -> EventLoopFuture<Bool> {
         slide(key: Self.key(hash: hash), endsAtMs: endsAtMs, on: eventLoop)
     }
@@ -114,24 +84,6 @@ public struct SessionStore: Sendable {
             return redis.sendChecked(["DEL", key], on: eventLoop).map { _ in false }
         }
         return redis.sendChecked(["EXPIRE", key, String(min(Int64(idleSeconds), remaining))], on: eventLoop).map { $0.int == 1 }
-    }
-
-    private func slide(key: String, endsAtMs: Int64) async throws -> Bool {
-        let remaining = (endsAtMs - Self.nowMs()) / 1000
-        guard remaining > 0 else {
-            try await redis.send(["DEL", key])
-            return false
-        }
-        return try await redis.send(["EXPIRE", key, String(min(Int64(idleSeconds), remaining))]).int == 1
-    }
-
-    /// Deletes the session and tells every worker to close its sockets (4001). True if it existed.
-    public func destroy(_ sessionID: String) async throws -> Bool {
-        guard Self.isWellFormed(sessionID) else { return false }
-        let hash = Self.hash(sessionID)
-        let deleted = try await redis.send(["DEL", Self.key(hash: hash)]).int ?? 0
-        try await redis.send(["PUBLISH", Self.logoutChannel, hash])
-        return deleted > 0
     }
 
     /// Session ids are 43 base64url characters; anything else is never looked up.

@@ -61,8 +61,6 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         return false
     }
 
-    var streamCount: Int { streams.count }
-
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if context.channel.isActive { sendHello(context) }

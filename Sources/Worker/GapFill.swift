@@ -1,5 +1,7 @@
 import ChatCore
 import Logging
+import NIOConcurrencyHelpers
+import NIOCore
 import Proto
 import ServiceLifecycle
 
@@ -12,6 +14,7 @@ struct GapFillService: Service {
     let store: MessageStore
     let logger: Logger
     let subscribed: AsyncStream<Void>
+    let eventLoop: EventLoop
 
     func run() async throws {
         // Ends with the worker's graceful shutdown, not only when the stream finishes.
@@ -25,14 +28,17 @@ struct GapFillService: Service {
         while !Task.isCancelled {
             let (after, epoch) = hub.gapFillStart
             do {
-                var missed: [ChatMessage] = []
+                let pages = NIOLockedValueBox<[ChatMessage]>([])
                 var start: MessageID?
                 if let after {
-                    _ = try await store.since(after, room: ChatLimits.lobby) { missed += $0 }
+                    _ = try await store.since(after, room: ChatLimits.lobby, on: eventLoop) { page in
+                        pages.withLockedValue { $0 += page }
+                    }.get()
                 } else {
                     // First subscription: nothing older than now is news to this worker's clients.
                     start = try await store.lastID(room: ChatLimits.lobby) ?? .zero
                 }
+                let missed = pages.withLockedValue { $0 }
                 guard hub.finishGapFill(missed: missed, startingAfter: start, epoch: epoch) else { return }
                 if !missed.isEmpty {
                     logger.info("relayed messages missed while unsubscribed", metadata: ["count": "\(missed.count)"])

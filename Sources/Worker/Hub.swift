@@ -76,7 +76,7 @@ final class Hub: Sendable {
         entries.withLockedValue { $0[id]?.reported = true }
     }
 
-    func remove(_ id: String, eventLoop: EventLoop) {
+    func remove(_ id: String) {
         _ = entries.withLockedValue { $0.removeValue(forKey: id) }
     }
 

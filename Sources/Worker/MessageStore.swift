@@ -36,16 +36,7 @@ struct MessageStore: Sendable {
     """)
 
     /// Stores and relays a message; returns its id and whether it was new (false: a retried ref).
-    func append(room: String, from user: String, text: String, ref: String?) async throws -> (MessageID, Bool) {
-        let keys = [ref.map { Self.refKey(user: user, ref: $0) } ?? "", Self.streamKey(room), Self.channel(room), Self.trimmedKey(room)]
-        let reply = try await redis.evalScript(Self.appendScript, keys: keys, args: [user, text, String(streamMax), String(refTTLSeconds)])
-        guard let items = reply.array, items.count == 2, let idText = items[0].string, let id = MessageID(idText) else {
-            throw RedisError.unexpectedReply
-        }
-        return (id, items[1].int == 1)
-    }
-
-    /// `append` as a future completed on `eventLoop`.
+    /// These complete on `eventLoop`.
     func append(room: String, from user: String, text: String, ref: String?, on eventLoop: EventLoop) -> EventLoopFuture<(MessageID, Bool)> {
         let keys = [ref.map { Self.refKey(user: user, ref: $0) } ?? "", Self.streamKey(room), Self.channel(room), Self.trimmedKey(room)]
         return redis.evalScriptFuture(Self.appendScript, keys: keys, args: [user, text, String(streamMax), String(refTTLSeconds)], on: eventLoop)
@@ -57,18 +48,19 @@ struct MessageStore: Sendable {
             }
     }
 
-    /// `storedID` as a future completed on `eventLoop`.
+    /// The id a ref was stored under, if the user sent it recently.
     func storedID(user: String, ref: String, on eventLoop: EventLoop) -> EventLoopFuture<MessageID?> {
         redis.sendChecked(["GET", Self.refKey(user: user, ref: ref)], on: eventLoop).map { $0.string.flatMap(MessageID.init) }
     }
 
-    /// `recent` as a future completed on `eventLoop`.
+    /// The room's most recent messages, oldest first.
     func recent(room: String, on eventLoop: EventLoop) -> EventLoopFuture<[ChatMessage]> {
         redis.sendChecked(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", String(historyCount)], on: eventLoop)
             .map { Self.messages(from: $0, room: room).reversed() }
     }
 
-    /// `since` as a future: `each` runs on `eventLoop` for every page, in order.
+    /// Every held message after `since`, in order (`each` runs on `eventLoop` for every page),
+    /// and whether nothing before them was trimmed away.
     func since(_ since: MessageID, room: String, batch: Int = 500, on eventLoop: EventLoop,
                each: @escaping @Sendable ([ChatMessage]) -> Void) -> EventLoopFuture<Bool> {
         let redis = self.redis
@@ -88,37 +80,10 @@ struct MessageStore: Sendable {
         }
     }
 
-    /// The id a ref was stored under, if the user sent it recently.
-    func storedID(user: String, ref: String) async throws -> MessageID? {
-        try await redis.send(["GET", Self.refKey(user: user, ref: ref)]).string.flatMap(MessageID.init)
-    }
-
     /// The newest id in the room's stream, if any.
     func lastID(room: String) async throws -> MessageID? {
         let reply = try await redis.send(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", "1"])
         return Self.messages(from: reply, room: room).first?.id
-    }
-
-    /// The room's most recent messages, oldest first.
-    func recent(room: String) async throws -> [ChatMessage] {
-        let reply = try await redis.send(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", String(historyCount)])
-        return Self.messages(from: reply, room: room).reversed()
-    }
-
-    /// Every held message after `since`, in order, and whether nothing before them was trimmed away.
-    func since(_ since: MessageID, room: String, batch: Int = 500, each: ([ChatMessage]) async throws -> Void) async throws -> Bool {
-        var cursor = since
-        while true {
-            let reply = try await redis.send(["XRANGE", Self.streamKey(room), "(\(cursor)", "+", "COUNT", String(batch)])
-            let page = Self.messages(from: reply, room: room)
-            if !page.isEmpty { try await each(page) }
-            guard page.count == batch, let last = page.last else { break }
-            cursor = last.id
-        }
-        if let trimmed = try await redis.send(["GET", Self.trimmedKey(room)]).string.flatMap(MessageID.init) {
-            return since >= trimmed
-        }
-        return true
     }
 
     static func messages(from reply: RESPValue, room: String) -> [ChatMessage] {

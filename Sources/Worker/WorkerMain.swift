@@ -87,7 +87,7 @@ enum WorkerMain {
         )
         // Started in this order, stopped in reverse: the server drains first, Redis goes last.
         var services: [any Service] = [
-            redis, GapFillService(hub: hub, store: store, logger: logger, subscribed: subscribed), subscriber, coordinator,
+            redis, GapFillService(hub: hub, store: store, logger: logger, subscribed: subscribed, eventLoop: group.next()), subscriber, coordinator,
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
             WorkerService(listen: listen, ctx: ctx, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]
