@@ -104,7 +104,7 @@ def run(args):
                 s = sessions_file(d, 10 if q else 100)
                 results.append(generator("fanout", d, ["--sessions", s, "--clients", 20 if q else 100,
                                                        "--senders", 2 if q else 10, "--seconds", 1 if q else 5,
-                                                       "--rates", "1,2" if q else "10,25,40,60,80,100,150,200"]))
+                                                       "--rates", "1,2" if q else "10,25,40,60,80,100,150,200,250,300,400"]))
             finally:
                 d.stop()
         if "room" in selected:

@@ -8,12 +8,22 @@ import NIOPosix
 /// ever targets loopback. See docs/benchmarks.md.
 @main
 enum BenchMain {
+    static let usage = """
+    usage: securechat-bench load|fanout|overload|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]
+    The project's own load generator (real TLS WebSocket clients); Benchmarks/bench.py drives it
+    and explains each scenario. Common: --threads N (default: one per core), --name LABEL.
+      load, fanout, overload   --clients N --senders N --rate R | --rates R1,R2,... --seconds S --padding BYTES
+      idle                     --connections N --heartbeat-seconds S
+      storm                    --users FILE --levels C1,C2,... --per-level N --password PW
+      coordinator              --coordinator ADDR --links N --checks-per-second R --seconds S
+    """
+
     static func main() async {
         // Output is flushed after each line it matters for (fflush(nil): stdout itself is shared mutable state to Swift 6).
         let options = Options()
-        guard let scenario = options.positional.first else {
-            print("usage: securechat-bench load|fanout|overload|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]")
-            exit(2)
+        guard let scenario = options.positional.first, !options.wantsHelp else {
+            print(usage)
+            exit(options.wantsHelp ? 0 : 2)
         }
         guard let threads = try? options.int("threads", default: System.coreCount), threads > 0 else {
             print("--threads must be a positive integer")

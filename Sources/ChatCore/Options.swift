@@ -38,6 +38,9 @@ public struct Options: Sendable {
         }
     }
 
+    /// `--help` or `-h` on the command line (never from the environment).
+    public var wantsHelp: Bool { values["help"] != nil || positional.contains("-h") }
+
     public static func environmentName(_ name: String) -> String {
         "SECURECHAT_" + name.uppercased().replacingOccurrences(of: "-", with: "_")
     }
@@ -63,6 +66,13 @@ public struct Options: Sendable {
         guard let s = string(name) else { return value }
         guard let v = Double(s), v.isFinite else { throw Invalid("--\(name) must be a number, got '\(s)'") }
         return v
+    }
+
+    /// `--event-loops`: the threads a process runs its event loops on (default: one per core).
+    public func eventLoops() throws -> Int {
+        let n = try int("event-loops", default: System.coreCount)
+        guard (1...256).contains(n) else { throw Invalid("--event-loops must be 1...256") }
+        return n
     }
 
     public func bool(_ name: String, default value: Bool) -> Bool {

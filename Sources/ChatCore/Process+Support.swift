@@ -17,6 +17,29 @@ public enum ProcessSupport {
         return logger
     }
 
+    /// Prints `text` and exits 0 when the command line asks for `--help` (before anything starts).
+    public static func helpIfAsked(_ options: Options, _ text: String) {
+        guard options.wantsHelp else { return }
+        print(text)
+        exit(0)
+    }
+
+    /// Flags every server process takes (printed under each one's own in `--help`).
+    public static let commonHelp = """
+    Common flags (each also read from SECURECHAT_<NAME>, e.g. --redis-url as SECURECHAT_REDIS_URL):
+      --state-dir DIR            sockets, Redis data, certificate (default .state)
+      --redis-url URL            redis://host:port, unix:///path or /path (default <state-dir>/redis.sock)
+      --redis-password PW        AUTH for an external Redis (prefer the environment)
+      --coordinator ADDR         coordinator socket path or host:port (default <state-dir>/coordinator.sock)
+      --cluster-secret S         secret every internal link proves (prefer the environment)
+      --msg-burst N, --msg-per-second R        per-user message limit (default 5, 1)
+      --login-user-per-minute N, --login-address-per-minute N   failed-login limits (default 5, 20)
+      --log-level L              trace, debug, info, notice, warning, error, critical (default info)
+      --parent-pid PID           exit when this process is gone (set by the launcher)
+      --help, -h                 this text
+    Every flag: README.md, section Configuration.
+    """
+
     /// Exits with a one-line message (for configuration errors before any service starts).
     public static func fail(_ message: String) -> Never {
         FileHandle.standardError.write(Data("error: \(message)\n".utf8))

@@ -6,8 +6,17 @@ import ServiceLifecycle
 /// `securechat-coordinator`: worker leases, routing, presence and global rate limits.
 @main
 enum CoordinatorMain {
+    static let help = """
+    usage: securechat-coordinator [flags]
+    Worker leases and routing, presence across workers, global rate limits (each an atomic
+    take-or-refuse). It listens on --coordinator.
+      --lease-seconds S          a worker without a heartbeat this long is dropped (default 3)
+      --settle-seconds S         after a (re)start, when presence counts as complete (default 1.5)
+    """ + "\n" + ProcessSupport.commonHelp
+
     static func main() async {
         let options = Options()
+        ProcessSupport.helpIfAsked(options, help)
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.coordinator")
         let endpoint: Endpoint
         let limits: RateLimits

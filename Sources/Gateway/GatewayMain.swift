@@ -10,13 +10,32 @@ import ServiceLifecycle
 /// `securechat-gateway`: the public HTTPS/WSS port.
 @main
 enum GatewayMain {
+    static let help = """
+    usage: securechat-gateway [flags]
+    The public HTTPS/WSS port: the web client, login and logout, and every client's WebSocket,
+    carried to workers over one authenticated link per (event loop, worker).
+      --port P                   public port (default 5001); --host ADDR (default 0.0.0.0)
+      --cert PEM, --key PEM      certificate chain and key (default <state-dir>/tls/)
+      --users-file F             user names and scrypt hashes (default users.json)
+      --web-dir DIR              the web client's files (default web)
+      --public-origin LIST       comma-separated origins allowed for /ws, login, logout
+      --session-idle-seconds N, --session-max-seconds N   session lifetimes (default 43200, 604800)
+      --max-queued-frames N, --max-queued-bytes N         per-client outgoing queue (default 1024, 1048576)
+      --flush-coalesce-ms D      flush a loop's clients at most once per D ms under load (default 10; 0 off)
+      --ping-seconds S           WebSocket keepalive interval (default 30)
+      --request-timeout-seconds S   time for one whole request, TLS handshake included (default 10)
+      --event-loops N            event-loop threads (default: one per core)
+      --id NAME                  the gateway's name on its links (default gateway-<pid>)
+    """ + "\n" + ProcessSupport.commonHelp
+
     static func main() async {
         let options = Options()
+        ProcessSupport.helpIfAsked(options, help)
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.gateway")
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
         let port: Int, idle: Int, absolute: Int, requestTimeout: Double, pingSeconds: Double, maxQueued: Int, maxQueuedBytes: Int
-        let flushCoalesceMs: Double
+        let flushCoalesceMs: Double, loops: Int
         let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let tls: NIOSSLContext
@@ -29,7 +48,8 @@ enum GatewayMain {
             guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
             maxQueued = try options.int("max-queued-frames", default: 1024)
             maxQueuedBytes = try options.int("max-queued-bytes", default: 1 << 20)
-            flushCoalesceMs = try options.double("flush-coalesce-ms", default: 0)
+            flushCoalesceMs = try options.double("flush-coalesce-ms", default: 10)
+            loops = try options.eventLoops()
             guard (0...100).contains(flushCoalesceMs) else { throw Options.Invalid("--flush-coalesce-ms must be 0...100") }
             guard maxQueued > 0, maxQueuedBytes >= ChatLimits.maxFrameBytes else {
                 throw Options.Invalid("--max-queued-frames must be positive and --max-queued-bytes at least 65536")
@@ -55,7 +75,7 @@ enum GatewayMain {
         }
         let origins = (options.string("public-origin") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
         let pool = NIOThreadPool(numberOfThreads: max(1, System.coreCount))
         pool.start()
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)

@@ -150,6 +150,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         keepalive?.remove(self)
         outgoing.removeAll()
         outgoingBytes = 0
+        pending = nil
         link?.clientClosed(streamID)
         link = nil
         context.fireChannelInactive()
@@ -200,6 +201,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
             var data = frame.unmaskedData
             guard data.readableBytes <= 125 else { closeWith(code: 1002); return }
             let pong = WebSocketWire.frame(opcode: .pong, payload: data.readSlice(length: data.readableBytes)!, allocator: context.channel.allocator)
+            writePending(context)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .pong:
             break
@@ -225,13 +227,16 @@ final class GatewayStreamHandler: ChannelInboundHandler {
 
     // MARK: from the worker (on this event loop)
 
-    /// Queues one framed message for the client; written now while the socket keeps up.
-    /// The caller flushes once per read burst (`flushIfNeeded`). A client that lets the queue
-    /// overflow (in frames or bytes) is closed with 4008: it reconnects and `sync`s.
+    /// Queues one framed message for the client. While the socket keeps up, the frames of one
+    /// flush are gathered into one buffer (the first one is the shared bytes, not a copy), so a
+    /// flush is one `SSL_write`, one TLS record and one system call per client however many
+    /// messages it carries. The caller flushes once per read burst, or later when writes are
+    /// coalesced (`FlushCoalescer`). A client that lets the queue overflow (in frames or
+    /// bytes) is closed with 4008: it reconnects and `sync`s.
     func sendFramed(_ frame: ByteBuffer) {
         guard let context, !closing else { return }
         if outgoing.isEmpty && context.channel.isWritable {
-            context.write(wrapOutboundOut(frame), promise: nil)
+            gather(frame, context: context)
             needsFlush = true
             return
         }
@@ -239,6 +244,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
             logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)", "queued.bytes": "\(outgoingBytes)", "worker.id": "\(workerID)"])
             outgoing.removeAll()
             outgoingBytes = 0
+            pending = nil
             closeWith(code: 4008)
             return
         }
@@ -246,15 +252,53 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         outgoingBytes += frame.readableBytes
     }
 
+    /// Frames gathered for the next flush; `pendingOwned` once it is our own copy.
+    private var pending: ByteBuffer?
+    private var pendingOwned = false
+    /// Past this a gathered buffer is handed on (TLS records are 16 KiB at most anyway).
+    static let maxGatheredBytes = 64 * 1024
+
+    private func gather(_ frame: ByteBuffer, context: ChannelHandlerContext) {
+        guard var p = pending else {
+            pending = frame
+            pendingOwned = false
+            return
+        }
+        if p.readableBytes + frame.readableBytes > Self.maxGatheredBytes {
+            context.write(wrapOutboundOut(p), promise: nil)
+            pending = frame
+            pendingOwned = false
+            return
+        }
+        pending = nil
+        if !pendingOwned {
+            var copy = context.channel.allocator.buffer(capacity: max(4096, p.readableBytes + frame.readableBytes))
+            copy.writeBuffer(&p)
+            p = copy
+            pendingOwned = true
+        }
+        p.writeImmutableBuffer(frame)
+        pending = p
+    }
+
+    /// Hands what was gathered to the TLS handler, ahead of any frame written directly.
+    private func writePending(_ context: ChannelHandlerContext) {
+        guard let p = pending else { return }
+        pending = nil
+        context.write(wrapOutboundOut(p), promise: nil)
+    }
+
     func flushIfNeeded() {
         guard needsFlush, let context else { return }
         needsFlush = false
+        writePending(context)
         context.flush()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if !closing {
             var wrote = false
+            if pending != nil { writePending(context); wrote = true }
             while context.channel.isWritable, let frame = outgoing.popFirst() {
                 outgoingBytes -= frame.readableBytes
                 context.write(wrapOutboundOut(frame), promise: nil)
@@ -293,6 +337,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         // What the worker sent before its close goes first, queued frames included
         // (the close's own timer bounds how long a client that does not read gets).
         if let context, !closing {
+            writePending(context)
             while let frame = outgoing.popFirst() { context.write(wrapOutboundOut(frame), promise: nil) }
             outgoingBytes = 0
             needsFlush = true
@@ -312,6 +357,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         }
         var data = context.channel.allocator.buffer(capacity: 8)
         data.writeInteger(UInt64(now.uptimeNanoseconds))
+        writePending(context)
         context.writeAndFlush(wrapOutboundOut(WebSocketWire.frame(opcode: .ping, payload: data, allocator: context.channel.allocator)), promise: nil)
     }
 
@@ -320,6 +366,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         closing = true
         link?.clientClosed(streamID)
         link = nil
+        writePending(context)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(WebSocketWire.close(code: code))).whenComplete { _ in channel.close(promise: nil) }
         // Do not wait forever for a peer that no longer reads; a slow one gets time to read its 4008.

@@ -58,8 +58,12 @@ struct RunCommand {
         common += limits.arguments
         let coordinatorArgs = common + (options.string("lease-seconds").map { ["--lease-seconds", $0] } ?? [])
         children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs))
+        // Workers on one machine share its cores: one event loop each per core they can have,
+        // not one per core each (threads that outnumber cores only wake one another).
+        let workerLoops = try options.int("worker-event-loops", default: max(1, ProcessInfo.processInfo.activeProcessorCount / workers))
+        guard (1...256).contains(workerLoops) else { throw Options.Invalid("--worker-event-loops must be 1...256") }
         for i in 1...workers {
-            var args = common + ["--id", "worker-\(i)", "--listen", "\(stateDir)/worker-\(i).sock"]
+            var args = common + ["--id", "worker-\(i)", "--listen", "\(stateDir)/worker-\(i).sock", "--event-loops", String(workerLoops)]
             for name in ["history", "history-max", "max-queued-frames"] {
                 if let v = options.string(name) { args += ["--\(name)", v] }
             }
@@ -69,7 +73,7 @@ struct RunCommand {
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
                                     "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
         if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
-        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms"] {
+        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms", "event-loops"] {
             if let v = options.string(name) { gatewayArgs += ["--\(name)", v] }
         }
         let gateways = try options.int("gateways", default: 1)

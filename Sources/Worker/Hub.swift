@@ -121,8 +121,12 @@ final class Hub: Sendable {
     private func broadcast(_ body: @escaping @Sendable (WorkerLinkHandler) -> Void) {
         for l in loops.values {
             let links = l.links
-            l.eventLoop.execute {
+            if l.eventLoop.inEventLoop {
                 for link in links.value.byID.values { body(link) }
+            } else {
+                l.eventLoop.execute {
+                    for link in links.value.byID.values { body(link) }
+                }
             }
         }
     }

@@ -9,14 +9,31 @@ import ServiceLifecycle
 /// `securechat-worker`: serves the chat of the client streams gateways open on their links.
 @main
 enum WorkerMain {
+    static let help = """
+    usage: securechat-worker [flags]
+    Serves the chat of the client streams gateways open on their links: session checks, frame
+    validation, rate limits, storing in Redis, relay through pub/sub, fan-out.
+      --id NAME                  the worker's identity (default worker-<pid>)
+      --listen ADDR              socket path or host:port for gateway links (default <state-dir>/<id>.sock);
+                                 TCP needs --cluster-secret. The socket also answers GET /healthz.
+      --advertise ADDR           the address gateways are told (default: --listen)
+      --history N                messages in welcome (default 50)
+      --history-max N            messages kept per room (default 10000)
+      --max-queued-frames N      live messages a stream may hold during a sync replay (default 1024)
+      --session-idle-seconds N, --session-max-seconds N   session lifetimes (default 43200, 604800)
+      --event-loops N            event-loop threads (default: one per core; the launcher gives each
+                                 of its workers cores/workers)
+    """ + "\n" + ProcessSupport.commonHelp
+
     static func main() async {
         let options = Options()
+        ProcessSupport.helpIfAsked(options, help)
         let baseLogger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.worker")
         let stateDir = options.string("state-dir", default: ".state")
         let workerID = options.string("id", default: "worker-\(getpid())")
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
-        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int
+        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int
         do {
             listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
             if case .tcp = listen, options.string("cluster-secret") == nil {
@@ -31,6 +48,7 @@ enum WorkerMain {
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             maxQueued = try options.int("max-queued-frames", default: 1024)
+            loops = try options.eventLoops()
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
                 throw Options.Invalid("--history must be 1...1000 and no more than --history-max")
             }
@@ -42,7 +60,7 @@ enum WorkerMain {
         log[metadataKey: "worker.id"] = "\(workerID)"
         let logger = log
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
         let hub = Hub(group: group)
         let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })

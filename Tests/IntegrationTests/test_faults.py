@@ -220,7 +220,8 @@ def test_sigterm_to_launcher_drains_everything_in_bounded_time(make_deployment):
 
 
 def test_slow_reader_is_cut_off_with_4008_and_others_keep_up(make_deployment):
-    d = make_deployment(extra_args=FAST + ["--max-queued-frames", "64"])
+    # 2,500 sends as fast as the client can: no rate limit in the way, however fast the server.
+    d = make_deployment(extra_args=["--msg-burst", "100000", "--msg-per-second", "100000", "--max-queued-frames", "64"])
     alice, bob, slow = d.login("alice"), d.login("bob"), d.login("carol")
 
     async def scenario():

@@ -1,0 +1,72 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import XCTest
+
+@testable import Gateway
+
+/// What a client's TLS handler is given: the frames of one flush gathered into one buffer
+/// (one `SSL_write`, one TLS record), in order, ahead of frames written directly.
+final class StreamWriteTests: XCTestCase {
+    private func stream() throws -> (EmbeddedChannel, GatewayStreamHandler) {
+        let handler = GatewayStreamHandler(limits: StreamLimits(maxQueuedFrames: 4, maxQueuedBytes: 1 << 20, pingInterval: .seconds(30)),
+                                           logger: Logger(label: "test"))
+        let channel = EmbeddedChannel(handler: handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return (channel, handler)
+    }
+
+    private func text(_ s: String) -> ByteBuffer { WebSocketWire.text(ByteBuffer(string: s)) }
+
+    func testOneFrameIsWrittenAsItIs() throws {
+        let (channel, handler) = try stream()
+        let frame = text("one")
+        handler.sendFramed(frame)
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "nothing is written before the flush")
+        handler.flushIfNeeded()
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), frame)
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self))
+    }
+
+    func testFramesOfOneFlushLeaveAsOneWriteInOrder() throws {
+        let (channel, handler) = try stream()
+        let frames = ["a", "bb", "ccc"].map(text)
+        for f in frames { handler.sendFramed(f) }
+        handler.flushIfNeeded()
+        var expected = ByteBuffer()
+        for var f in frames { expected.writeBuffer(&f) }
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), expected)
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self))
+        // The shared frames themselves are untouched (other clients write the same bytes).
+        XCTAssertEqual(frames[0], text("a"))
+    }
+
+    func testGatheringIsBoundedInBytes() throws {
+        let (channel, handler) = try stream()
+        let big = text(String(repeating: "x", count: 40_000))
+        handler.sendFramed(big)
+        handler.sendFramed(big)  // 80 KB would pass the 64 KiB bound: the first goes on its own
+        handler.flushIfNeeded()
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), big)
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), big)
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self))
+    }
+
+    func testGatheredFramesGoAheadOfAPing() throws {
+        let (channel, handler) = try stream()
+        handler.sendFramed(text("first"))
+        handler.ping(interval: .seconds(30), now: .now())
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), text("first"))
+        let ping = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self))
+        XCTAssertEqual(ping.getInteger(at: 0, as: UInt8.self), 0x89, "a ping frame, after the message")
+    }
+
+    func testAClientThatDoesNotReadIsClosedWith4008() throws {
+        let (channel, handler) = try stream()
+        channel.isWritable = false
+        for i in 0..<5 { handler.sendFramed(text("m\(i)")) }  // the queue holds 4
+        let close = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self))
+        XCTAssertEqual(close.getInteger(at: 0, as: UInt8.self), 0x88)
+        XCTAssertEqual(close.getInteger(at: 2, as: UInt16.self), 4008)
+    }
+}

@@ -1,0 +1,26 @@
+"""Every command answers --help (and -h) with its usage, exit status 0, and starts nothing."""
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import BIN
+
+COMMANDS = [
+    ["securechat"], ["securechat", "run"], ["securechat", "users"],
+    ["securechat-gateway"], ["securechat-worker"], ["securechat-coordinator"], ["securechat-bench"],
+]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_help_prints_usage_and_starts_nothing(command, flag):
+    state = tempfile.mkdtemp(prefix="sc-help-")
+    out = subprocess.run([os.path.join(BIN, command[0])] + command[1:] + [flag, "--state-dir", state],
+                         capture_output=True, text=True, timeout=30, cwd=state)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: " + command[0]), out.stdout[:200]
+    # Nothing ran: no socket, no Redis data, no certificate, no log line.
+    assert os.listdir(state) == []
+    assert out.stderr == ""
