@@ -55,6 +55,14 @@ public struct GCRA: Sendable {
         public var allowed: Bool
         /// When not allowed: how long until one cell is free.
         public var retryAfter: Double
+        /// Decided by this process's own GCRA (the coordinator was away), not the coordinator's.
+        public var local: Bool
+
+        public init(allowed: Bool, retryAfter: Double, local: Bool = false) {
+            self.allowed = allowed
+            self.retryAfter = retryAfter
+            self.local = local
+        }
     }
 
     private var tat: [String: Double] = [:]
@@ -83,6 +91,14 @@ public struct GCRA: Sendable {
             if tat.count < maxKeys || tat[fullKey] != nil { tat[fullKey] = current + limit.interval }
         }
         return Decision(allowed: true, retryAfter: 0)
+    }
+
+    /// Gives back one cell spent on `key` (a login that succeeded, or was refused elsewhere).
+    public mutating func refund(kind: RateLimitKind, key: String, now: Double) {
+        let fullKey = "\(kind.rawValue):\(key)"
+        guard let t = tat[fullKey] else { return }
+        let back = t - limits[kind].interval
+        if back <= now { tat.removeValue(forKey: fullKey) } else { tat[fullKey] = back }
     }
 
     /// Forgets keys whose TAT has passed: for them a fresh state is identical.

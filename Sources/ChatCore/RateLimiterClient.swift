@@ -32,6 +32,17 @@ public final class RateLimiterClient: Sendable {
         }
     }
 
+    /// Gives back a cell that `decision` took, where it was taken (fire and forget).
+    public func refund(_ kind: RateLimitKind, key: String, taken decision: GCRA.Decision) {
+        guard decision.allowed else { return }
+        if decision.local {
+            let now = Date().timeIntervalSince1970
+            local.withLockedValue { $0.gcra.refund(kind: kind, key: key, now: now) }
+        } else {
+            link.callFuture(.rateRefund(kind: kind, key: key)).whenComplete { _ in }
+        }
+    }
+
     private func restored() {
         let wasFallingBack = local.withLockedValue { s -> Bool in
             defer { s.fallingBack = false }
@@ -46,7 +57,9 @@ public final class RateLimiterClient: Sendable {
             let first = !s.fallingBack
             s.fallingBack = true
             s.fallbacks += 1
-            return (s.gcra.check(kind: kind, key: key, now: now, consume: consume), first)
+            var d = s.gcra.check(kind: kind, key: key, now: now, consume: consume)
+            d.local = true
+            return (d, first)
         }
         if first { logger.warning("coordinator unreachable; rate limits decided locally until it is back") }
         return decision

@@ -74,6 +74,9 @@ final class CoordinatorCore: Sendable {
             case let .rateCheck(kind, key, consume):
                 let d = s.limiter.check(kind: kind, key: key, now: now, consume: consume)
                 return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
+            case let .rateRefund(kind, key):
+                s.limiter.refund(kind: kind, key: key, now: now)
+                return .ok
             case .status:
                 return .status(workers: s.table.liveWorkerCount, online: s.table.presence.counts.count)
             case .listWorkers:

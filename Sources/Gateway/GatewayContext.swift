@@ -24,6 +24,7 @@ struct GatewayContext: Sendable {
     let connections: ConnectionRegistry
     let links: GatewayLinks
     let streamLimits: StreamLimits
+    let logins: LoginGate
 
     /// Origins allowed for this request: the configured ones, else `https://` + Host.
     func isAllowedOrigin(_ origin: String, host: String?) -> Bool {
@@ -31,6 +32,32 @@ struct GatewayContext: Sendable {
         if !allowedOrigins.isEmpty { return allowedOrigins.contains(origin) }
         guard let host else { return false }
         return origin == "https://" + host
+    }
+}
+
+/// The password checks this gateway runs at once (each is a scrypt on the thread pool):
+/// bounded, so a flood of logins gets 503 at once instead of a queue that grows without end.
+final class LoginGate: Sendable {
+    let limit: Int
+    private let inFlight = NIOLockedValueBox(0)
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    var count: Int { inFlight.withLockedValue { $0 } }
+
+    /// Takes a place, if one is free.
+    func enter() -> Bool {
+        inFlight.withLockedValue { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func leave() {
+        inFlight.withLockedValue { $0 -= 1 }
     }
 }
 

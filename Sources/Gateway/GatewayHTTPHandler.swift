@@ -20,6 +20,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var body: ByteBuffer?
     private var tooLarge = false
     private var handingOff = false
+    /// The request being answered is a HEAD: its answer has the headers of a GET and no body.
+    private var answeringHead = false
 
     let deadline: RequestDeadlineHandler
 
@@ -75,6 +77,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func route(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ body: ByteBuffer) {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         let method = head.method
+        // One request at a time per connection (the pipeline holds the next until this one's end).
+        answeringHead = method == .HEAD
         switch (method, path) {
         case (.GET, "/"), (.HEAD, "/"):
             withSession(context, head) { h, context, user in
@@ -163,7 +167,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         Self.performLogin(ctx: ctx, username: username, password: password, address: address,
-                          oldSession: oldSession, loop: loop).whenComplete { result in
+                          oldSession: oldSession, channel: context.channel, loop: loop).whenComplete { result in
             let (h, context) = bound.value
             switch result {
             case let .success(.ok(sid)):
@@ -176,6 +180,10 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 var headers = HTTPHeaders()
                 headers.add(name: "Retry-After", value: String(seconds))
                 h.respondJSON(context, .tooManyRequests, ["ok": false, "error": "rate_limited", "retry_after": seconds], extra: headers)
+            case .success(.busy):
+                var headers = HTTPHeaders()
+                headers.add(name: "Retry-After", value: "1")
+                h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "busy", "retry_after": 1], extra: headers)
             case .failure:
                 h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
             }
@@ -186,41 +194,62 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case ok(String)
         case invalid
         case limited(Int)
+        /// Too many password checks in flight on this gateway.
+        case busy
     }
 
     private static func performLogin(ctx: GatewayContext, username: String, password: String, address: String,
-                                     oldSession: String?, loop: EventLoop) -> EventLoopFuture<LoginOutcome> {
-        // Every failed attempt counts, known user or not; a 429 says nothing about which accounts exist.
+                                     oldSession: String?, channel: Channel, loop: EventLoop) -> EventLoopFuture<LoginOutcome> {
+        // One atomic take-or-refuse per limit *before* the password is checked, so concurrent
+        // guesses cannot all pass a check before any spends. Every failed attempt keeps its
+        // cells, known user or not (a 429 says nothing about which accounts exist); a refused
+        // attempt gives back what it took, and a successful login gives back both.
         let userKey = username.lowercased()
-        let byUser = ctx.limiter.check(.loginUser, key: userKey, consume: false, on: loop)
-        let byAddress = ctx.limiter.check(.loginAddress, key: address, consume: false, on: loop)
-        return byUser.and(byAddress).flatMap { u, a -> EventLoopFuture<LoginOutcome> in
-            if !u.allowed || !a.allowed {
-                let wait = max(u.allowed ? 0 : u.retryAfter, a.allowed ? 0 : a.retryAfter)
-                ctx.logger.info("login rate limited", metadata: ["client.address": "\(address)"])
-                return loop.makeSucceededFuture(.limited(max(1, Int(wait.rounded(.up)))))
-            }
-            let users = ctx.users, logger = ctx.logger
-            return ctx.threadPool.runIfActive(eventLoop: loop) {
-                users.verify(user: username, password: password, logger: logger)
-            }.flatMap { valid -> EventLoopFuture<LoginOutcome> in
-                guard valid else {
-                    return ctx.limiter.check(.loginUser, key: userKey, on: loop)
-                        .and(ctx.limiter.check(.loginAddress, key: address, on: loop))
-                        .map { _ in
-                            ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
-                            return .invalid
-                        }
+        let limiter = ctx.limiter
+        return limiter.check(.loginUser, key: userKey, on: loop).and(limiter.check(.loginAddress, key: address, on: loop))
+            .flatMap { u, a -> EventLoopFuture<LoginOutcome> in
+                if !u.allowed || !a.allowed {
+                    limiter.refund(.loginUser, key: userKey, taken: u)
+                    limiter.refund(.loginAddress, key: address, taken: a)
+                    let wait = max(u.allowed ? 0 : u.retryAfter, a.allowed ? 0 : a.retryAfter)
+                    ctx.logger.info("login rate limited", metadata: ["client.address": "\(address)"])
+                    return loop.makeSucceededFuture(.limited(max(1, Int(wait.rounded(.up)))))
                 }
-                // A fresh id at every login; a session the browser brought along is ended, never adopted.
-                let ended = oldSession.map { ctx.sessions.destroy($0, on: loop).map { _ in () }.recover { _ in () } }
-                    ?? loop.makeSucceededVoidFuture()
-                return ended.flatMap { ctx.sessions.create(user: username, on: loop) }.map { sid in
-                    ctx.logger.info("login", metadata: ["user": "\(username)", "client.address": "\(address)"])
-                    return .ok(sid)
+                // Bounded work: past --max-logins-in-flight the answer is 503 at once, not a queue.
+                guard ctx.logins.enter() else {
+                    limiter.refund(.loginUser, key: userKey, taken: u)
+                    limiter.refund(.loginAddress, key: address, taken: a)
+                    ctx.logger.warning("login refused: too many password checks in flight", metadata: ["client.address": "\(address)"])
+                    return loop.makeSucceededFuture(.busy)
+                }
+                let users = ctx.users, logger = ctx.logger, logins = ctx.logins
+                let checked = ctx.threadPool.runIfActive(eventLoop: loop) { () -> Bool? in
+                    // The client left while it waited: no scrypt for nobody.
+                    guard channel.isActive else { return nil }
+                    return users.verify(user: username, password: password, logger: logger)
+                }
+                checked.whenComplete { _ in logins.leave() }
+                return checked.flatMap { valid -> EventLoopFuture<LoginOutcome> in
+                    guard let valid else {
+                        limiter.refund(.loginUser, key: userKey, taken: u)
+                        limiter.refund(.loginAddress, key: address, taken: a)
+                        return loop.makeSucceededFuture(.invalid)
+                    }
+                    guard valid else {
+                        ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
+                        return loop.makeSucceededFuture(.invalid)
+                    }
+                    limiter.refund(.loginUser, key: userKey, taken: u)
+                    limiter.refund(.loginAddress, key: address, taken: a)
+                    // A fresh id at every login; a session the browser brought along is ended, never adopted.
+                    let ended = oldSession.map { ctx.sessions.destroy($0, on: loop).map { _ in () }.recover { _ in () } }
+                        ?? loop.makeSucceededVoidFuture()
+                    return ended.flatMap { ctx.sessions.create(user: username, on: loop) }.map { sid in
+                        ctx.logger.info("login", metadata: ["user": "\(username)", "client.address": "\(address)"])
+                        return .ok(sid)
+                    }
                 }
             }
-        }
     }
 
     private func logout(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
@@ -296,7 +325,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(contentsOf: extra)
         if close { headers.add(name: "Connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        if !answeringHead { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         let channel = context.channel
         if close { done.whenComplete { _ in channel.close(promise: nil) } }

@@ -25,6 +25,7 @@ enum GatewayMain {
       --ping-seconds S           WebSocket keepalive interval (default 30)
       --request-timeout-seconds S   time for one whole request, TLS handshake included (default 10)
       --event-loops N            event-loop threads (default: one per core)
+      --max-logins-in-flight N   password checks at once; beyond, 503 with Retry-After (default 4 per core)
       --id NAME                  the gateway's name on its links (default gateway-<pid>)
     """ + "\n" + ProcessSupport.commonHelp
 
@@ -35,7 +36,7 @@ enum GatewayMain {
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
         let port: Int, idle: Int, absolute: Int, requestTimeout: Double, pingSeconds: Double, maxQueued: Int, maxQueuedBytes: Int
-        let flushCoalesceMs: Double, loops: Int
+        let flushCoalesceMs: Double, loops: Int, maxLogins: Int
         let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let tls: NIOSSLContext
@@ -50,6 +51,8 @@ enum GatewayMain {
             maxQueuedBytes = try options.int("max-queued-bytes", default: 1 << 20)
             flushCoalesceMs = try options.double("flush-coalesce-ms", default: 10)
             loops = try options.eventLoops()
+            maxLogins = try options.int("max-logins-in-flight", default: 4 * System.coreCount)
+            guard maxLogins > 0 else { throw Options.Invalid("--max-logins-in-flight must be positive") }
             guard (0...100).contains(flushCoalesceMs) else { throw Options.Invalid("--flush-coalesce-ms must be 0...100") }
             guard maxQueued > 0, maxQueuedBytes >= ChatLimits.maxFrameBytes else {
                 throw Options.Invalid("--max-queued-frames must be positive and --max-queued-bytes at least 65536")
@@ -93,7 +96,8 @@ enum GatewayMain {
                                 flushDelay: .microseconds(Int64(flushCoalesceMs * 1000)),
                                 pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
             streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
-                                       pingInterval: .milliseconds(Int64(pingSeconds * 1000)))
+                                       pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
+            logins: LoginGate(limit: maxLogins)
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
         var services: [any Service] = [redis, coordinator, directory, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]

@@ -201,6 +201,12 @@ final class GatewayStreamHandler: ChannelInboundHandler {
             var data = frame.unmaskedData
             guard data.readableBytes <= 125 else { closeWith(code: 1002); return }
             let pong = WebSocketWire.frame(opcode: .pong, payload: data.readSlice(length: data.readableBytes)!, allocator: context.channel.allocator)
+            guard context.channel.isWritable else {
+                // A client that pings and does not read: at most one pong waits, the answer to
+                // its latest ping (RFC 6455 5.5.3 allows answering only the most recent one).
+                pendingPong = pong
+                return
+            }
             writePending(context)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .pong:
@@ -252,6 +258,8 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         outgoingBytes += frame.readableBytes
     }
 
+    /// The answer to the latest ping while the socket was not writable.
+    private var pendingPong: ByteBuffer?
     /// Frames gathered for the next flush; `pendingOwned` once it is our own copy.
     private var pending: ByteBuffer?
     private var pendingOwned = false
@@ -299,6 +307,11 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         if !closing {
             var wrote = false
             if pending != nil { writePending(context); wrote = true }
+            if context.channel.isWritable, let pong = pendingPong {
+                pendingPong = nil
+                context.write(wrapOutboundOut(pong), promise: nil)
+                wrote = true
+            }
             while context.channel.isWritable, let frame = outgoing.popFirst() {
                 outgoingBytes -= frame.readableBytes
                 context.write(wrapOutboundOut(frame), promise: nil)

@@ -48,6 +48,8 @@ public enum CoordinatorRequest: Codable, Equatable, Sendable {
     case route(exclude: [String])
     /// Checks (and when `consume` is true, spends) one cell of a limit.
     case rateCheck(kind: RateLimitKind, key: String, consume: Bool)
+    /// Gives back one cell spent by a `rateCheck` (answered `ok`).
+    case rateRefund(kind: RateLimitKind, key: String)
     /// Live workers and online users, for health checks.
     case status
     /// Every routable worker, for gateways to route on their own while the coordinator is away.

@@ -73,6 +73,34 @@ import Testing
     }
 }
 
+@Suite struct GCRARefundTests {
+    @Test func aRefundGivesBackExactlyOneCell() {
+        var limits = RateLimits()
+        limits.loginUser = RateLimit(burst: 2, interval: 30)
+        var g = GCRA(limits: limits)
+        #expect(g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        #expect(g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        #expect(!g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        g.refund(kind: .loginUser, key: "bob", now: 0)
+        #expect(g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        #expect(!g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+    }
+
+    @Test func refundsNeverGoBelowAFreshKey() {
+        var limits = RateLimits()
+        limits.loginUser = RateLimit(burst: 2, interval: 30)
+        var g = GCRA(limits: limits)
+        #expect(g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        for _ in 0..<5 { g.refund(kind: .loginUser, key: "bob", now: 0) }
+        g.refund(kind: .loginUser, key: "never-seen", now: 0)
+        #expect(g.keyCount == 0)
+        // Still a burst of 2, not 2 plus the refunds.
+        #expect(g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        #expect(g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+        #expect(!g.check(kind: .loginUser, key: "bob", now: 0).allowed)
+    }
+}
+
 @Suite struct BackoffTests {
     @Test func growsToCapAndResets() {
         var b = Backoff(base: 0.1, cap: 1)

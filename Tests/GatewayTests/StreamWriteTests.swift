@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOEmbedded
+import NIOWebSocket
 import XCTest
 
 @testable import Gateway
@@ -68,5 +69,26 @@ final class StreamWriteTests: XCTestCase {
         let close = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self))
         XCTAssertEqual(close.getInteger(at: 0, as: UInt8.self), 0x88)
         XCTAssertEqual(close.getInteger(at: 2, as: UInt16.self), 4008)
+    }
+
+    private func maskedPing(_ text: String) -> WebSocketFrame {
+        let key = WebSocketMaskingKey([1, 2, 3, 4])!
+        var data = ByteBuffer(string: text)
+        data.webSocketMask(key)
+        return WebSocketFrame(fin: true, opcode: .ping, maskKey: key, data: data)
+    }
+
+    func testAPingFloodThatDoesNotReadHoldsOnePong() throws {
+        let (channel, _) = try stream()
+        try channel.writeInbound(maskedPing("now"))
+        let pong = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self), "a reading client gets its pong at once")
+        XCTAssertEqual(pong, WebSocketWire.frame(opcode: .pong, payload: ByteBuffer(string: "now")))
+        channel.isWritable = false
+        for i in 0..<1000 { try channel.writeInbound(maskedPing("p\(i)")) }
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "nothing is queued while the client does not read")
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), WebSocketWire.frame(opcode: .pong, payload: ByteBuffer(string: "p999")))
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "one pong, for the latest ping")
     }
 }

@@ -62,3 +62,28 @@ def test_health_and_bounded_bodies(deployment):
     assert big.status_code == 413
     assert requests.post(deployment.base + "/api/login", json={"username": "a" * 100, "password": "x"},
                          verify=deployment.ca).status_code == 400
+
+
+def test_head_answers_have_the_headers_of_get_and_no_body(deployment):
+    import socket
+    d = deployment
+    size = len(get(d, "/static/chat.js").content)
+    # A HEAD and then a GET on one connection: if the HEAD answer carried a body, its bytes
+    # would sit between the two answers (and a client would read them as the next answer).
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    tls = d.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.sendall(b"HEAD /static/chat.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                b"GET /static/favicon.svg HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    data = b""
+    while b"</svg>" not in data:  # the end of the second answer
+        chunk = tls.recv(65536)
+        assert chunk, data[:300]
+        data += chunk
+    tls.close()
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-length: %d" % size in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:80]
+    for path in ["/", "/nope", "/api/me"]:
+        r = requests.head(d.base + path, verify=d.ca, allow_redirects=False)
+        assert r.content == b""

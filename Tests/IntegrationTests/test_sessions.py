@@ -171,3 +171,53 @@ def test_spraying_across_accounts_from_one_address_is_throttled(deployment):
         await c.close()
         return ack["type"]
     assert run(chat()) == "ack"
+
+
+def concurrent_logins(d, attempts):
+    """Sends every (user, password) at the same moment, each on its own connection."""
+    import threading
+    barrier = threading.Barrier(len(attempts))
+    results = [None] * len(attempts)
+
+    def one(i, user, password):
+        s = requests.Session()
+        s.trust_env = False
+        s.verify = d.ca
+        barrier.wait(timeout=30)
+        results[i] = s.post(d.base + "/api/login", json={"username": user, "password": password}, timeout=60)
+        s.close()
+
+    threads = [threading.Thread(target=one, args=(i, u, p)) for i, (u, p) in enumerate(attempts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert all(r is not None for r in results), "a login never came back"
+    return results
+
+
+def test_concurrent_guesses_are_limited_before_any_is_checked(make_deployment):
+    d = make_deployment()
+    # 50 wrong guesses for one account at once: the per-name limit (5 a minute) is one atomic
+    # take-or-refuse before scrypt, so no more than 5 are ever checked.
+    results = concurrent_logins(d, [("bob", "guess-%d" % i) for i in range(50)])
+    statuses = [r.status_code for r in results]
+    assert 1 <= statuses.count(401) <= 5, statuses
+    assert sum(1 for s in statuses if s != 429) <= 5, statuses
+    # The limit held for the right password too, and nothing else was affected.
+    assert login(d, "bob", "pw-bob-123456").status_code == 429
+    assert login(d, "carol", "pw-carol-123456").status_code == 200
+
+
+def test_password_checks_in_flight_are_bounded(make_deployment):
+    d = make_deployment(extra_args=["--max-logins-in-flight", "1", "--login-user-per-minute", "10000",
+                                    "--login-address-per-minute", "10000"])
+    results = concurrent_logins(d, [("user%02d" % i, "wrong") for i in range(30)])
+    statuses = [r.status_code for r in results]
+    assert set(statuses) <= {401, 503}, statuses
+    busy = [r for r in results if r.status_code == 503]
+    assert busy, "30 logins at once with room for one: some must be refused"
+    assert all(r.json()["error"] == "busy" and r.headers["Retry-After"] == "1" for r in busy)
+    assert statuses.count(401) >= 1
+    # The gate is free again afterwards: a refused login cost nothing and held no place.
+    wait_until(lambda: login(d, "alice", "pw-alice-123456").status_code == 200, 10, what="a login after the burst")
