@@ -117,6 +117,28 @@ public struct UsersFile: Sendable {
         self.users = users
     }
 
+    /// The accounts the repository's users.json ships for the demo, with their published passwords.
+    public static let demoAccounts = ["admin": "password123", "team_member": "securechat456"]
+
+    /// Names in this file that still have their published demo password (one scrypt per demo
+    /// name present, so only at start-up).
+    public func demoAccountsPresent() -> [String] {
+        Self.demoAccounts.keys.sorted().filter { name in
+            users[name].map { $0.verify(password: Self.demoAccounts[name]!) } ?? false
+        }
+    }
+
+    /// Refuses a file with demo accounts unless this is a demo (`--allow-demo-users`).
+    public static func checkDemoAccounts(in file: UsersFile, path: String, allowed: Bool) throws -> [String] {
+        let demo = file.demoAccountsPresent()
+        if !demo.isEmpty && !allowed {
+            throw Options.Invalid("\(path) holds demo accounts with their published passwords (\(demo.joined(separator: ", "))): "
+                + "remove them (securechat users remove NAME) or change their passwords (securechat users passwd NAME); "
+                + "--allow-demo-users runs it anyway, as a demo")
+        }
+        return demo
+    }
+
     /// Writes the file atomically with mode 0600, names sorted.
     public func write(path: String) throws {
         var out = "{\n"

@@ -68,9 +68,13 @@ final class UsersStore: Sendable {
     private let state: NIOLockedValueBox<(users: UsersFile, mtime: timespec)>
     private let dummy: PasswordHash
 
-    init(path: String) throws {
+    /// Demo accounts found at start-up (allowed with `--allow-demo-users`; shown in /healthz).
+    let demoAccounts: [String]
+
+    init(path: String, allowDemo: Bool) throws {
         self.path = path
         let users = try UsersFile(path: path)
+        demoAccounts = try UsersFile.checkDemoAccounts(in: users, path: path, allowed: allowDemo)
         state = NIOLockedValueBox((users, Self.mtime(path)))
         dummy = try PasswordHash.make(password: Crypto.newToken())
     }

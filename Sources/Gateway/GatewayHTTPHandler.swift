@@ -296,9 +296,10 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if !redisOK { down.append("redis") }
             if !coordinatorOK { down.append("coordinator") }
             if workers == 0 { down.append("workers") }
-            h.respondJSON(context, ok ? .ok : .serviceUnavailable,
-                          ["status": ok ? "ok" : "degraded", "redis": redisOK, "coordinator": coordinatorOK, "workers": workers, "down": down,
-                           "workers_cached": h.ctx.directory.count])
+            var answer: [String: Any] = ["status": ok ? "ok" : "degraded", "redis": redisOK, "coordinator": coordinatorOK,
+                                         "workers": workers, "down": down, "workers_cached": h.ctx.directory.count]
+            if !h.ctx.users.demoAccounts.isEmpty { answer["demo_users"] = true }
+            h.respondJSON(context, ok ? .ok : .serviceUnavailable, answer)
         }
     }
 

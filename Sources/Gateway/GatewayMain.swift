@@ -17,6 +17,8 @@ enum GatewayMain {
       --port P                   public port (default 5001); --host ADDR (default 0.0.0.0)
       --cert PEM, --key PEM      certificate chain and key (default <state-dir>/tls/)
       --users-file F             user names and scrypt hashes (default users.json)
+      --allow-demo-users         start even though the users file holds the demo accounts with their
+                                 published passwords (admin, team_member): a demo, said in the log and /healthz
       --web-dir DIR              the web client's files (default web)
       --public-origin LIST       comma-separated origins allowed for /ws, login, logout
       --session-idle-seconds N, --session-max-seconds N   session lifetimes (default 43200, 604800)
@@ -71,7 +73,8 @@ enum GatewayMain {
             // TLS 1.2 only with forward-secret AEAD suites; TLS 1.3 suites are all AEAD.
             config.cipherSuites = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
             tls = try NIOSSLContext(configuration: config)
-            users = try UsersStore(path: options.string("users-file", default: "users.json"))
+            users = try UsersStore(path: options.string("users-file", default: "users.json"),
+                                   allowDemo: options.bool("allow-demo-users", default: false))
             files = try StaticFiles(directory: options.string("web-dir", default: "web"))
         } catch {
             ProcessSupport.fail("\(error)")
@@ -100,6 +103,10 @@ enum GatewayMain {
             logins: LoginGate(limit: maxLogins)
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
+        if !users.demoAccounts.isEmpty {
+            logger.warning("DEMO: accounts with published passwords can log in; not for real use",
+                           metadata: ["users": "\(users.demoAccounts.joined(separator: ","))"])
+        }
         var services: [any Service] = [redis, coordinator, directory, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

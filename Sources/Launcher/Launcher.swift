@@ -6,7 +6,8 @@ import Foundation
 enum Launcher {
     static let usage = """
     usage: securechat run [--workers N] [--gateways N] [--port P] [--state-dir DIR] [--redis-url URL]
-                          [--users-file F] [--cert PEM --key PEM] [--worker-event-loops N] [child flags]
+                          [--users-file F] [--cert PEM --key PEM] [--worker-event-loops N] [--allow-demo-users]
+                          [child flags]
            securechat users add|passwd|remove NAME [--users-file F]
            securechat users list [--users-file F]
            securechat users add-many PREFIX COUNT [--log-n N] [--users-file F]   (benchmarks; password on stdin)

@@ -17,7 +17,11 @@ struct RunCommand {
         chmod(stateDir, 0o700)
         let usersFile = absolute(options.string("users-file", default: "users.json"))
         guard FileManager.default.fileExists(atPath: usersFile) else { throw Options.Invalid("users file \(usersFile) not found") }
-        _ = try UsersFile(path: usersFile)
+        let allowDemo = options.bool("allow-demo-users", default: false)
+        let demo = try UsersFile.checkDemoAccounts(in: try UsersFile(path: usersFile), path: usersFile, allowed: allowDemo)
+        if !demo.isEmpty {
+            logger.warning("DEMO: accounts with published passwords can log in; not for real use", metadata: ["users": "\(demo.joined(separator: ","))"])
+        }
         let limits = try RateLimits(options: options)
 
         var cert = options.string("cert").map(absolute)
@@ -73,7 +77,7 @@ struct RunCommand {
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
                                     "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
         if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
-        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms", "event-loops", "max-logins-in-flight"] {
+        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms", "event-loops", "max-logins-in-flight", "allow-demo-users"] {
             if let v = options.string(name) { gatewayArgs += ["--\(name)", v] }
         }
         let gateways = try options.int("gateways", default: 1)
