@@ -2,8 +2,13 @@ import Foundation
 import NIOCore
 
 /// Sessions in Redis. The key holds the SHA-256 of the session id, so a copy
-/// of Redis' data holds no usable cookie; the value is `user \n createdMs`.
+/// of Redis' data holds no usable cookie; the value is `user \n createdMs \n generation`.
 /// Each use slides the idle expiry, never past the absolute lifetime.
+///
+/// The generation is a digest of the user's password hash when the session was made;
+/// `sc:cred:<user>` holds the current one (gateways write it from the users file). A
+/// session whose generation is not the current one is gone: removing a user or changing
+/// a password ends every session made before.
 public struct SessionStore: Sendable {
     public let redis: RedisClient
     public let idleSeconds: Int
@@ -12,6 +17,16 @@ public struct SessionStore: Sendable {
     /// Redis pub/sub channel on which logouts are announced (payload: the session hash).
     public static let logoutChannel = "sc:logout"
     public static let cookieName = "sc_session"
+    /// Channel on which a user whose credentials changed or who was removed is announced
+    /// (payload: the user name): workers close that user's streams with 4001.
+    public static let credentialsChannel = "sc:user-ended"
+    /// Every user name with a `sc:cred:` key, so a removed one can be found.
+    public static let usersKey = "sc:users"
+
+    public static func credentialKey(_ user: String) -> String { "sc:cred:" + user }
+
+    /// The generation of a password hash (its PHC string): 16 hex digits of its SHA-256.
+    public static func generation(ofHash phc: String) -> String { String(Crypto.sha256Hex(phc).prefix(16)) }
 
     public init(redis: RedisClient, idleSeconds: Int, absoluteSeconds: Int) {
         self.redis = redis
@@ -32,15 +47,26 @@ public struct SessionStore: Sendable {
     }
 
     /// A live session looked up by the hash of its id (what a worker is given), sliding its
-    /// idle expiry; nil when unknown or expired. Completed on `eventLoop`.
+    /// idle expiry; nil when unknown, expired, or of an earlier generation of its user's
+    /// credentials (then it is deleted). Completed on `eventLoop`.
     public func lookup(hash: String, on eventLoop: EventLoop) -> EventLoopFuture<Session?> {
         let key = Self.key(hash: hash)
+        let redis = self.redis
         return redis.sendChecked(["GET", key], on: eventLoop).flatMap { value -> EventLoopFuture<Session?> in
             guard let text = value.string else { return eventLoop.makeSucceededFuture(nil) }
-            let parts = text.split(separator: "\n", maxSplits: 1)
-            guard parts.count == 2, let created = Int64(parts[1]) else { return eventLoop.makeSucceededFuture(nil) }
+            let parts = text.split(separator: "\n", omittingEmptySubsequences: false)
+            guard parts.count == 3, let created = Int64(parts[1]) else {
+                // Unreadable, or from before generations: not a session any more.
+                return redis.sendChecked(["DEL", key], on: eventLoop).map { _ in nil }
+            }
             let session = Session(user: String(parts[0]), endsAtMs: created + Int64(absoluteSeconds) * 1000)
-            return slide(key: key, endsAtMs: session.endsAtMs, on: eventLoop).map { $0 ? session : nil }
+            let generation = String(parts[2])
+            return redis.sendChecked(["GET", Self.credentialKey(session.user)], on: eventLoop).flatMap { current in
+                guard current.string == generation else {
+                    return redis.sendChecked(["DEL", key], on: eventLoop).map { _ in nil }
+                }
+                return self.slide(key: key, endsAtMs: session.endsAtMs, on: eventLoop).map { $0 ? session : nil }
+            }
         }
     }
 
@@ -51,16 +77,50 @@ public struct SessionStore: Sendable {
         return lookup(hash: Self.hash(sessionID), on: eventLoop)
     }
 
-    /// Creates a session for `user` with a fresh id and returns the id.
-    public func create(user: String, on eventLoop: EventLoop) -> EventLoopFuture<String> {
+    /// Creates a session for `user`, whose password hash has `generation`, with a fresh id and
+    /// returns the id. The generation is recorded for the user if none is yet (a gateway's
+    /// users-file sync records changes).
+    public func create(user: String, generation: String, on eventLoop: EventLoop) -> EventLoopFuture<String> {
         do {
             let id = try Crypto.newToken()
             let ttl = min(idleSeconds, absoluteSeconds)
-            return redis.sendChecked(["SET", Self.key(hash: Self.hash(id)), "\(user)\n\(Self.nowMs())", "EX", String(ttl)], on: eventLoop)
-                .map { _ in id }
+            return redis.sendChecked(["SET", Self.credentialKey(user), generation, "NX"], on: eventLoop).flatMap { _ in
+                self.redis.sendChecked(["SADD", Self.usersKey, user], on: eventLoop)
+            }.flatMap { _ in
+                self.redis.sendChecked(["SET", Self.key(hash: Self.hash(id)), "\(user)\n\(Self.nowMs())\n\(generation)", "EX", String(ttl)], on: eventLoop)
+            }.map { _ in id }
         } catch {
             return eventLoop.makeFailedFuture(error)
         }
+    }
+
+    /// Makes Redis' credential generations those of `generations` (user → generation, the
+    /// whole users file): removed users lose theirs, changed ones get the new one, and each
+    /// of them is announced so that their open streams close. Returns the users announced.
+    public func syncGenerations(_ generations: [String: String]) async throws -> [String] {
+        var ended: [String] = []
+        let known = try await redis.send(["SMEMBERS", Self.usersKey]).array?.compactMap(\.string) ?? []
+        for user in known where generations[user] == nil {
+            _ = try await redis.send(["DEL", Self.credentialKey(user)])
+            _ = try await redis.send(["SREM", Self.usersKey, user])
+            ended.append(user)
+        }
+        let names = generations.keys.sorted()
+        var start = 0
+        while start < names.count {
+            let chunk = Array(names[start..<min(start + 500, names.count)])
+            start += chunk.count
+            let current = try await redis.send(["MGET"] + chunk.map(Self.credentialKey)).array ?? []
+            for (i, user) in chunk.enumerated() {
+                let was = i < current.count ? current[i].string : nil
+                guard was != generations[user] else { continue }
+                _ = try await redis.send(["SET", Self.credentialKey(user), generations[user]!])
+                _ = try await redis.send(["SADD", Self.usersKey, user])
+                if was != nil { ended.append(user) }
+            }
+        }
+        for user in ended { _ = try await redis.send(["PUBLISH", Self.credentialsChannel, user]) }
+        return ended
     }
 
     /// Deletes the session and tells every worker to close its streams (4001). True if it existed.

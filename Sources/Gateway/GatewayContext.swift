@@ -87,25 +87,66 @@ final class UsersStore: Sendable {
 
     var count: Int { state.withLockedValue { $0.users.users.count } }
 
-    /// Call from a thread pool: scrypt is deliberately slow.
-    func verify(user: String, password: String, logger: Logger) -> Bool {
+    /// Re-reads the file if it changed since the last read; true when it did.
+    @discardableResult
+    func reloadIfChanged(logger: Logger) -> Bool {
         let m = Self.mtime(path)
-        let current = state.withLockedValue { $0 }
-        var users = current.users
-        if m.tv_sec != current.mtime.tv_sec || m.tv_nsec != current.mtime.tv_nsec {
-            do {
-                users = try UsersFile(path: path)
-                state.withLockedValue { $0 = (users, m) }
-                logger.info("users file reloaded", metadata: ["users": "\(users.users.count)"])
-            } catch {
-                logger.error("users file unreadable; keeping the previous one", metadata: ["error": "\(error)"])
-            }
-        }
-        guard let hash = users.users[user] else {
-            _ = dummy.verify(password: password)
+        let current = state.withLockedValue { $0.mtime }
+        guard m.tv_sec != current.tv_sec || m.tv_nsec != current.tv_nsec else { return false }
+        do {
+            let users = try UsersFile(path: path)
+            state.withLockedValue { $0 = (users, m) }
+            logger.info("users file reloaded", metadata: ["users": "\(users.users.count)"])
+            return true
+        } catch {
+            logger.error("users file unreadable; keeping the previous one", metadata: ["error": "\(error)"])
             return false
         }
-        return hash.verify(password: password)
+    }
+
+    /// Every user's credential generation (SessionStore), from the file as last read.
+    var generations: [String: String] {
+        state.withLockedValue { s in s.users.users.mapValues { SessionStore.generation(ofHash: $0.string) } }
+    }
+
+    /// Call from a thread pool: scrypt is deliberately slow. The generation of the hash that
+    /// matched when the password is right (the session records it), else nil.
+    func verify(user: String, password: String, logger: Logger) -> String? {
+        reloadIfChanged(logger: logger)
+        let users = state.withLockedValue { $0.users }
+        guard let hash = users.users[user] else {
+            _ = dummy.verify(password: password)
+            return nil
+        }
+        return hash.verify(password: password) ? SessionStore.generation(ofHash: hash.string) : nil
+    }
+}
+
+/// Keeps Redis' credential generations those of the users file: at start and within a
+/// second of every change (`securechat users passwd|remove`), so a removed user or a
+/// changed password ends that user's sessions and closes their streams (4001).
+struct CredentialSync: Service {
+    let users: UsersStore
+    let sessions: SessionStore
+    let logger: Logger
+
+    func run() async throws {
+        var synced = false
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if users.reloadIfChanged(logger: logger) { synced = false }
+            if !synced {
+                do {
+                    let ended = try await sessions.syncGenerations(users.generations)
+                    synced = true
+                    if !ended.isEmpty {
+                        logger.info("credentials changed; sessions ended", metadata: ["users": "\(ended.count)"])
+                    }
+                } catch {
+                    logger.warning("credential sync failed; retrying", metadata: ["error": "\(error)"])
+                }
+            }
+            await sleepUnlessShuttingDown(seconds: 1)
+        }
     }
 }
 

@@ -223,7 +223,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     return loop.makeSucceededFuture(.busy)
                 }
                 let users = ctx.users, logger = ctx.logger, logins = ctx.logins
-                let checked = ctx.threadPool.runIfActive(eventLoop: loop) { () -> Bool? in
+                let checked = ctx.threadPool.runIfActive(eventLoop: loop) { () -> String?? in
                     // The client left while it waited: no scrypt for nobody.
                     guard channel.isActive else { return nil }
                     return users.verify(user: username, password: password, logger: logger)
@@ -235,7 +235,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                         limiter.refund(.loginAddress, key: address, taken: a)
                         return loop.makeSucceededFuture(.invalid)
                     }
-                    guard valid else {
+                    guard let generation = valid else {
                         ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
                         return loop.makeSucceededFuture(.invalid)
                     }
@@ -244,7 +244,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     // A fresh id at every login; a session the browser brought along is ended, never adopted.
                     let ended = oldSession.map { ctx.sessions.destroy($0, on: loop).map { _ in () }.recover { _ in () } }
                         ?? loop.makeSucceededVoidFuture()
-                    return ended.flatMap { ctx.sessions.create(user: username, on: loop) }.map { sid in
+                    return ended.flatMap { ctx.sessions.create(user: username, generation: generation, on: loop) }.map { sid in
                         ctx.logger.info("login", metadata: ["user": "\(username)", "client.address": "\(address)"])
                         return .ok(sid)
                     }

@@ -107,7 +107,7 @@ enum GatewayMain {
             logger.warning("DEMO: accounts with published passwords can log in; not for real use",
                            metadata: ["users": "\(users.demoAccounts.joined(separator: ","))"])
         }
-        var services: [any Service] = [redis, coordinator, directory, GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
+        var services: [any Service] = [redis, coordinator, directory, CredentialSync(users: users, sessions: ctx.sessions, logger: logger), GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {

@@ -193,6 +193,10 @@ final class Hub: Sendable {
         broadcast { $0.deliverEvent(payload) }
     }
 
+    func closeUser(_ user: String, code: UInt16) {
+        forEach(where: { $0.info.user == user }) { link, stream in link.closeStream(stream, code: code) }
+    }
+
     func closeSessions(hash: String, code: UInt16) {
         forEach(where: { $0.sessionHash == hash }) { link, stream in link.closeStream(stream, code: code) }
     }

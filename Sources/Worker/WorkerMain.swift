@@ -87,12 +87,15 @@ enum WorkerMain {
         )
         let roomChannel = MessageStore.channel(ChatLimits.lobby)
         let subscriber = RedisSubscriber(
-            endpoint: redisEndpoint, password: options.string("redis-password"), channels: [roomChannel, SessionStore.logoutChannel], group: group, logger: logger,
+            endpoint: redisEndpoint, password: options.string("redis-password"), channels: [roomChannel, SessionStore.logoutChannel, SessionStore.credentialsChannel], group: group, logger: logger,
             onMessage: { channel, payload in
                 if channel == roomChannel {
                     if let m = ChatMessage(relayPayload: payload, room: ChatLimits.lobby) { hub.deliver(m) }
                 } else if channel == SessionStore.logoutChannel {
                     hub.closeSessions(hash: payload, code: 4001)
+                } else if channel == SessionStore.credentialsChannel {
+                    // The user was removed or changed password: every session made before is gone.
+                    hub.closeUser(payload, code: 4001)
                 }
             },
             onState: { up in

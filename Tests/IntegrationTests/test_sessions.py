@@ -221,3 +221,44 @@ def test_password_checks_in_flight_are_bounded(make_deployment):
     assert statuses.count(401) >= 1
     # The gate is free again afterwards: a refused login cost nothing and held no place.
     wait_until(lambda: login(d, "alice", "pw-alice-123456").status_code == 200, 10, what="a login after the burst")
+
+
+def test_changing_a_password_or_removing_a_user_ends_their_sessions():
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from conftest import BIN, Deployment, password_for
+    d_users = tempfile.mkdtemp(prefix="sc-users-own-")
+    path = os.path.join(d_users, "users.json")
+    for name in ["alice", "bob", "carol"]:
+        subprocess.run([os.path.join(BIN, "securechat"), "users", "add", name, "--users-file", path],
+                       input=password_for(name) + "\n", text=True, check=True, capture_output=True)
+    d = Deployment(path, allow_demo=False)
+    try:
+        alice, bob, carol = d.login("alice"), d.login("bob"), d.login("carol")
+
+        async def scenario():
+            a, b, c = [await Client.connect(d, s) for s in (alice, bob, carol)]
+            # A new password for alice, then bob removed: each one's socket closes with 4001.
+            subprocess.run([os.path.join(BIN, "securechat"), "users", "passwd", "alice", "--users-file", path],
+                           input="a-new-password-for-alice\n", text=True, check=True, capture_output=True)
+            assert await a.closed_code(timeout=10) == 4001
+            subprocess.run([os.path.join(BIN, "securechat"), "users", "remove", "bob", "--users-file", path],
+                           check=True, capture_output=True, text=True)
+            assert await b.closed_code(timeout=10) == 4001
+            # carol was not touched and keeps chatting.
+            ack = await c.send_text("still here")
+            assert ack["type"] == "ack"
+            await c.close()
+        run(scenario())
+        # Their cookies are worthless everywhere; the old password is refused, the new one works.
+        for s in (alice, bob):
+            assert me(d, s.cookies["sc_session"]).status_code == 401
+            assert upgrade_status(d, s.cookies["sc_session"]) == 401
+        assert login(d, "alice", password_for("alice")).status_code == 401
+        assert login(d, "alice", "a-new-password-for-alice").status_code == 200
+        assert me(d, carol.cookies["sc_session"]).status_code == 200
+    finally:
+        d.stop()
+        shutil.rmtree(d_users, ignore_errors=True)
