@@ -147,6 +147,11 @@ final class Hub: Sendable {
         }
     }
 
+    /// The subscription is back: sessions ended while it was down are found by looking again.
+    func recheckSessions() {
+        broadcast { $0.recheckSessions() }
+    }
+
     /// Where a gap fill starts (the last id relayed, nil before the first subscription) and its epoch.
     var gapFillStart: (after: MessageID?, epoch: Int) { relay.withLockedValue { ($0.lastRelayed, $0.epoch) } }
 

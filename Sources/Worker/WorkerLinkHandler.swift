@@ -247,6 +247,22 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             }
     }
 
+    /// After the subscription was down, logouts (and credential changes) announced meanwhile
+    /// were missed: every checked stream's session is looked up again, and a gone one closes 4001.
+    func recheckSessions() {
+        guard let bound, let loop = context?.eventLoop else { return }
+        for (id, stream) in streams where stream.machine.sessionEndsAt != nil {
+            let user = stream.info.user
+            ctx.sessions.lookup(hash: stream.sessionHash, on: loop).whenSuccess { session in
+                guard session?.user != user else { return }
+                let h = bound.value
+                h.logger.info("session gone while the subscription was down; closing", metadata: ["connection.id": "\(stream.info.id)"])
+                h.event(id) { $0.sessionLost() }
+                h.flushIfNeeded()
+            }
+        }
+    }
+
     private func touchSession(_ id: UInt32, _ stream: Stream) {
         guard let bound, let loop = context?.eventLoop, let endsAt = stream.machine.sessionEndsAt else { return }
         let connectionID = stream.info.id

@@ -101,6 +101,7 @@ enum WorkerMain {
             onState: { up in
                 if up {
                     subscribedSignal.yield()
+                    hub.recheckSessions()
                 } else {
                     hub.subscriptionLost()
                 }

@@ -325,3 +325,30 @@ def test_slowloris_and_silent_connections_are_closed(make_deployment):
     assert time.monotonic() - t0 < 4
     # The gateway still serves everyone else.
     assert requests.get(d.base + "/healthz", verify=d.ca).status_code == 200
+
+
+def test_logout_while_a_workers_subscription_is_down_still_closes_the_socket(make_deployment):
+    d = make_deployment(workers=1)
+    victim, other = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a = await Client.connect(d, victim)
+        b = await Client.connect(d, other)
+        # The worker's subscription goes down and cannot come back (Redis now wants a password
+        # the worker does not have); connections already made stay authenticated.
+        d.redis("CONFIG", "SET", "requirepass", "only-for-this-test")
+        try:
+            d.redis("-a", "only-for-this-test", "--no-auth-warning", "CLIENT", "KILL", "TYPE", "pubsub")
+            wait_until(lambda: "redis refused the subscription" in d.log_text(), 10, what="the subscription refused")
+            # The logout is published while nobody listens.
+            r = victim.post(d.base + "/api/logout", headers={"Origin": d.origin})
+            assert r.status_code == 200
+        finally:
+            d.redis("-a", "only-for-this-test", "--no-auth-warning", "CONFIG", "SET", "requirepass", "")
+        # Resubscribed, the worker looks at its streams' sessions again.
+        assert await a.closed_code(timeout=20) == 4001
+        ack = await b.send_text("bob is still here")
+        assert ack["type"] == "ack"
+        await b.close()
+
+    run(scenario())
