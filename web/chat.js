@@ -169,6 +169,11 @@
         window.location.assign('/');
         return;
       }
+      if (event.code === 4009) {
+        // Too many sockets open for this account: reconnecting would only be refused again.
+        setState('offline', 'Too many open windows for this account. Close one, then reload.');
+        return;
+      }
       attempt += 1;
       const base = event.code === 1012 ? 100 : Math.min(10000, 500 * Math.pow(2, attempt - 1));
       const delay = base / 2 + Math.random() * base / 2;

@@ -12,6 +12,7 @@ enum CoordinatorMain {
     take-or-refuse). It listens on --coordinator.
       --lease-seconds S          a worker without a heartbeat this long is dropped (default 3)
       --settle-seconds S         after a (re)start, when presence counts as complete (default 1.5)
+      --max-sockets-per-user N   WebSockets one user may have open at once (default 20; beyond, close 4009)
     """ + "\n" + ProcessSupport.commonHelp
 
     static func main() async {
@@ -20,18 +21,21 @@ enum CoordinatorMain {
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.coordinator")
         let endpoint: Endpoint
         let limits: RateLimits
-        let lease: Double, settle: Double
+        let lease: Double, settle: Double, maxSockets: Int
         do {
             let stateDir = options.string("state-dir", default: ".state")
             endpoint = try Endpoint(parsing: options.string("coordinator", default: stateDir + "/coordinator.sock"))
             limits = try RateLimits(options: options)
             lease = try options.double("lease-seconds", default: 3)
             settle = try options.double("settle-seconds", default: 1.5)
+            maxSockets = try options.int("max-sockets-per-user", default: 20)
+            guard maxSockets > 0 else { throw Options.Invalid("--max-sockets-per-user must be positive") }
         } catch {
             ProcessSupport.fail("\(error)")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let core = CoordinatorCore(limits: limits, leaseDuration: lease, settle: settle, secret: options.string("cluster-secret"), logger: logger)
+        let core = CoordinatorCore(limits: limits, leaseDuration: lease, settle: settle, secret: options.string("cluster-secret"), logger: logger,
+                                   maxSocketsPerUser: maxSockets)
         var services: [any Service] = [CoordinatorService(endpoint: endpoint, core: core, group: group, logger: logger)]
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

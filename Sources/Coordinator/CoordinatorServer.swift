@@ -25,8 +25,8 @@ final class CoordinatorCore: Sendable {
     let settledAt: Double
     private let snapshotSent = NIOLockedValueBox(false)
 
-    init(limits: RateLimits, leaseDuration: Double, settle: Double, secret: String?, logger: Logger) {
-        state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration), limiter: GCRA(limits: limits)))
+    init(limits: RateLimits, leaseDuration: Double, settle: Double, secret: String?, logger: Logger, maxSocketsPerUser: Int = .max) {
+        state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser), limiter: GCRA(limits: limits)))
         self.secret = secret
         self.logger = logger
         self.settledAt = Self.now() + settle
@@ -61,6 +61,10 @@ final class CoordinatorCore: Sendable {
                 logger.info("worker draining", metadata: ["worker.id": "\(worker)"])
                 return .ok
             case let .connectionOpened(worker, connection):
+                // Checked and counted under one lock: the cap is a take-or-refuse.
+                if s.table.workers[worker] != nil, !s.table.mayOpen(worker: worker, connection: connection) {
+                    return .denied
+                }
                 guard let e = s.table.opened(worker: worker, connection: connection) else { return .unknownWorker }
                 events = e
                 return .opened(online: s.table.presence.online)

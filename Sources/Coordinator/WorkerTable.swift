@@ -16,11 +16,20 @@ struct WorkerTable: Sendable {
     }
 
     let leaseDuration: Double
+    /// Connections one user may have open at once, over all workers.
+    let maxPerUser: Int
     private(set) var workers: [String: Worker] = [:]
     private(set) var presence = Presence()
 
-    init(leaseDuration: Double) {
+    init(leaseDuration: Double, maxPerUser: Int = .max) {
         self.leaseDuration = leaseDuration
+        self.maxPerUser = max(1, maxPerUser)
+    }
+
+    /// Whether `connection` may be counted: already counted, or its user is under the cap.
+    func mayOpen(worker id: String, connection: ConnectionInfo) -> Bool {
+        if workers[id]?.connections[connection.id] != nil { return true }
+        return presence.counts[connection.user, default: 0] < maxPerUser
     }
 
     /// A worker (re)registers with its full list of connections; replaces whatever was known of it.

@@ -60,7 +60,10 @@ struct RunCommand {
             if let v = options.string(name) { common += ["--\(name)", v] }
         }
         common += limits.arguments
-        let coordinatorArgs = common + (options.string("lease-seconds").map { ["--lease-seconds", $0] } ?? [])
+        var coordinatorArgs = common
+        for name in ["lease-seconds", "max-sockets-per-user"] {
+            if let v = options.string(name) { coordinatorArgs += ["--\(name)", v] }
+        }
         children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs))
         // Workers on one machine share its cores: one event loop each per core they can have,
         // not one per core each (threads that outnumber cores only wake one another).

@@ -8,6 +8,8 @@ public enum RateLimitKind: String, Codable, Sendable, CaseIterable {
     case loginUser
     /// Failed logins per client address.
     case loginAddress
+    /// `sync` requests per user (each replays history from Redis).
+    case sync
 }
 
 /// One live WebSocket connection as a worker reports it.

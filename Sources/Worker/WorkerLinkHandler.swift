@@ -231,13 +231,22 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         let ctx = self.ctx, info = stream.info
         ctx.hub.markReported(info.id)
         ctx.coordinator.callFuture(.connectionOpened(worker: ctx.workerID, connection: info)).hop(to: loop)
-            .map { response -> [String] in
+            .map { response -> [String]? in
                 if case let .opened(list) = response { return list }
+                if response == .denied { return nil }
                 return ctx.hub.bestKnownOnline
             }
             .flatMapErrorThrowing { _ in ctx.hub.bestKnownOnline }
             .and(ctx.store.recent(room: ChatLimits.lobby, on: loop).flatMapErrorThrowing { _ in [] })
             .whenSuccess { online, history in
+                guard let online else {
+                    // The user has as many sockets open as allowed (--max-sockets-per-user).
+                    let h = bound.value
+                    h.logger.info("too many sockets for this user; refused", metadata: ["user": "\(info.user)"])
+                    h.event(id) { $0.close(4009) }
+                    h.flushIfNeeded()
+                    return
+                }
                 var everyone = online
                 if !everyone.contains(info.user) { everyone.append(info.user) }
                 let json = ServerFrame.welcome(user: info.user, room: ChatLimits.lobby, online: everyone.sorted(), history: history).json
@@ -342,22 +351,37 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 h.done(id)
             }
         case let .success(.sync(since, room)):
-            event(id) { $0.replayBegan(); return [] }
-            ctx.store.since(since, room: room, on: loop) { page in
+            // A sync replays history from Redis: it is charged to the user's sync limit.
+            ctx.limiter.check(.sync, key: info.user, on: loop).whenSuccess { decision in
                 let h = bound.value
-                h.event(id) { $0.replayed(page.map { (id: $0.id, payload: ByteBuffer(string: $0.json)) }) }
-            }.whenComplete { result in
-                let h = bound.value
-                switch result {
-                case let .success(recovered):
-                    let synced = ByteBuffer(string: ServerFrame.synced(room: room, recovered: recovered).json)
-                    h.event(id) { $0.replayEnded(synced) }
-                case .failure:
-                    h.reply(id, .error(code: "unavailable", message: "history temporarily unavailable", ref: nil, retryAfterMs: 1000))
-                    h.event(id) { $0.replayEnded(nil) }
+                guard decision.allowed else {
+                    h.reply(id, .error(code: "rate_limited", message: "syncing too often", ref: nil,
+                                       retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up)))))
+                    h.done(id)
+                    return
                 }
-                h.done(id)
+                h.replay(since: since, room: room, stream: id)
             }
+        }
+    }
+
+    private func replay(since: MessageID, room: String, stream id: UInt32) {
+        guard let bound, let loop = context?.eventLoop else { return }
+        event(id) { $0.replayBegan(); return [] }
+        ctx.store.since(since, room: room, on: loop) { page in
+            let h = bound.value
+            h.event(id) { $0.replayed(page.map { (id: $0.id, payload: ByteBuffer(string: $0.json)) }) }
+        }.whenComplete { result in
+            let h = bound.value
+            switch result {
+            case let .success(recovered):
+                let synced = ByteBuffer(string: ServerFrame.synced(room: room, recovered: recovered).json)
+                h.event(id) { $0.replayEnded(synced) }
+            case .failure:
+                h.reply(id, .error(code: "unavailable", message: "history temporarily unavailable", ref: nil, retryAfterMs: 1000))
+                h.event(id) { $0.replayEnded(nil) }
+            }
+            h.done(id)
         }
     }
 

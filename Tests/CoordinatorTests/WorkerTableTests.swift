@@ -76,4 +76,19 @@ import Testing
                      t.closed(worker: "w1", connection: conn("c1", "x"))]
         #expect(steps == [[], [.cameOnline("x")], [], [.wentOffline("x")]])
     }
+
+    @Test func aUserIsCappedAcrossWorkers() {
+        var t = WorkerTable(leaseDuration: 3, maxPerUser: 2)
+        _ = t.register(worker: "w1", address: "a1", connections: [], now: 0)
+        _ = t.register(worker: "w2", address: "a2", connections: [], now: 0)
+        #expect(t.mayOpen(worker: "w1", connection: conn("c1", "amy")))
+        _ = t.opened(worker: "w1", connection: conn("c1", "amy"))
+        _ = t.opened(worker: "w2", connection: conn("c2", "amy"))
+        #expect(!t.mayOpen(worker: "w1", connection: conn("c3", "amy")), "a third, on either worker, is refused")
+        #expect(!t.mayOpen(worker: "w2", connection: conn("c3", "amy")))
+        #expect(t.mayOpen(worker: "w1", connection: conn("c1", "amy")), "one already counted is no new one")
+        #expect(t.mayOpen(worker: "w1", connection: conn("c4", "bo")), "others are not affected")
+        _ = t.closed(worker: "w2", connection: conn("c2", "amy"))
+        #expect(t.mayOpen(worker: "w1", connection: conn("c3", "amy")), "a place freed is a place")
+    }
 }

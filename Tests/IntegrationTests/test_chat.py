@@ -245,3 +245,60 @@ def test_sockets_opened_and_closed_at_once_leave_no_one_online(deployment):
     # And no worker still holds a stream of them (one closed during its session check used to stay).
     wait_until(lambda: sum(deployment.worker_health(w)[1]["connections"] for w in ("worker-1", "worker-2")) == 0, 10,
                what="every stream forgotten")
+
+
+def test_a_user_has_at_most_the_allowed_sockets_open(make_deployment):
+    d = make_deployment(extra_args=["--max-sockets-per-user", "2"])
+    sessions = [d.login("alice") for _ in range(3)]
+    bob = d.login("bob")
+
+    async def scenario():
+        first = await Client.connect(d, sessions[0])
+        second = await Client.connect(d, sessions[1])
+        # The third, even with its own session, is refused with 4009 before any welcome.
+        third = await Client.connect(d, sessions[2], expect_welcome=False)
+        assert await third.closed_code() == 4009
+        b = await Client.connect(d, bob)  # others are not affected
+        # A place freed is a place again (the coordinator hears the close first).
+        await first.close()
+        async def reopened():
+            c = await Client.connect(d, sessions[2], expect_welcome=False)
+            f = await c.next_frame()
+            if f["type"] == "welcome":
+                return c
+            await c.close()
+            return None
+        again = None
+        deadline = asyncio.get_running_loop().time() + 10
+        while again is None:
+            assert asyncio.get_running_loop().time() < deadline, "no place after a close"
+            try:
+                again = await reopened()
+            except Exception:
+                again = None
+            if again is None:
+                await asyncio.sleep(0.1)
+        ack = await again.send_text("in again")
+        assert ack["type"] == "ack"
+        for c in (second, again, b):
+            await c.close()
+
+    run(scenario())
+
+
+def test_sync_is_charged_to_its_own_limit(make_deployment):
+    d = make_deployment(extra_args=["--sync-burst", "2", "--sync-per-second", "0.01"])
+
+    async def scenario():
+        c = await Client.connect(d, d.login("alice"))
+        answers = []
+        for _ in range(3):
+            await c.send({"type": "sync", "since": "0-0"})
+            answers.append(await c.wait_for(lambda f: f["type"] in ("synced", "error")))
+        assert [a["type"] for a in answers] == ["synced", "synced", "error"], answers
+        assert answers[2]["code"] == "rate_limited" and answers[2]["retry_after_ms"] > 1000
+        # Sending is a different limit: still fine.
+        assert (await c.send_text("after the syncs"))["type"] == "ack"
+        await c.close()
+
+    run(scenario())

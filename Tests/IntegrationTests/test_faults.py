@@ -352,3 +352,49 @@ def test_logout_while_a_workers_subscription_is_down_still_closes_the_socket(mak
         await b.close()
 
     run(scenario())
+
+
+def test_a_large_sync_to_a_socket_that_does_not_read_is_bounded_in_bytes(make_deployment):
+    d = make_deployment(extra_args=["--msg-burst", "100000", "--msg-per-second", "100000",
+                                    "--max-queued-bytes", "262144"])
+    alice, bob, slow = d.login("alice"), d.login("bob"), d.login("carol")
+    # 1,000 messages of 2,000 four-byte characters: 8 MB of history, 32 times the queue's bytes
+    # and more than the kernel's socket buffers hold.
+    count, text = 1000, "\U0001F600" * 2000
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        for i in range(count):
+            await a.send({"type": "send", "text": text, "ref": "big%d" % i})
+        await a.wait_for(lambda f: f["type"] == "ack" and f.get("ref") == "big%d" % (count - 1), timeout=60)
+        # A socket that asks for all of it and never reads: cut off with 4008 once its queue
+        # holds 256 KiB, however many frames that is (the frame bound, 1024, is not reached).
+        sock = socket.create_connection(("127.0.0.1", d.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        lazy = await websockets.connect("wss://127.0.0.1:%d/ws" % d.port, sock=sock, ssl=d.ssl_context(),
+                                        server_hostname="127.0.0.1", max_queue=1, ping_interval=None, max_size=2 ** 22,
+                                        additional_headers={"Cookie": "sc_session=" + slow.cookies["sc_session"]})
+        await lazy.send(json.dumps({"type": "sync", "since": "0-0"}))
+        wait_until(lambda: "client too slow; closing" in d.log_text(), 30, what="the lazy socket cut off")
+        code = None
+        try:
+            while True:
+                await asyncio.wait_for(lazy.recv(), 15)
+        except websockets.ConnectionClosed as e:
+            code = e.rcvd.code if e.rcvd else None
+        assert code == 4008
+        # A reader that reads gets the whole replay.
+        b = await Client.connect(d, bob)
+        await b.send({"type": "sync", "since": "0-0"})
+        replayed = 0
+        while True:
+            f = await b.next_frame(timeout=30)
+            if f["type"] == "synced":
+                break
+            if f["type"] == "message" and f["text"] == text:
+                replayed += 1
+        assert replayed == count
+        await a.close()
+        await b.close()
+
+    run(scenario())
