@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Proto"]),
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Proto"]),
-        .testTarget(name: "GatewayTests", dependencies: ["Gateway", .product(name: "NIOEmbedded", package: "swift-nio"),
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "ChatCore", .product(name: "NIOEmbedded", package: "swift-nio"),
                                                          .product(name: "NIOWebSocket", package: "swift-nio")]),
     ],
     swiftLanguageModes: [.v6]

@@ -62,6 +62,9 @@
     author.textContent = m.from;
     const text = document.createElement('span');
     text.className = 'text';
+    // Its own direction, isolated (style.css): bidi controls in a text cannot reorder the
+    // time or the author, nor run into the next message.
+    text.dir = 'auto';
     text.textContent = m.text;
     li.append(time, author, text);
     list.appendChild(li);

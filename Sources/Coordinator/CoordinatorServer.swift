@@ -153,16 +153,64 @@ final class CoordinatorCore: Sendable {
     }
 }
 
+/// Until a link has proved the secret: at most `maxBytes` may arrive (a `hello` is small), and
+/// within `deadline`, or the link is closed. Then it lets everything through.
+final class PreAuthGuard: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    static let maxBytes = 4096
+    static let deadline = TimeAmount.seconds(5)
+    private(set) var lifted: Bool
+    private var received = 0
+    private var timer: Scheduled<Void>?
+
+    init(lifted: Bool) {
+        self.lifted = lifted
+    }
+
+    func lift() {
+        lifted = true
+        timer?.cancel()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !lifted {
+            let channel = context.channel
+            timer = context.eventLoop.scheduleTask(in: Self.deadline) { channel.close(promise: nil) }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !lifted {
+            received += unwrapInboundIn(data).readableBytes
+            guard received <= Self.maxBytes else {
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireChannelRead(data)
+    }
+}
+
 /// One inbound link (a worker or a gateway).
 final class CoordinatorServerHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     let core: CoordinatorCore
+    private let guardian: PreAuthGuard
     private var authenticated: Bool
 
-    init(core: CoordinatorCore) {
+    init(core: CoordinatorCore, guardian: PreAuthGuard) {
         self.core = core
+        self.guardian = guardian
         self.authenticated = core.secret == nil
     }
 
@@ -175,6 +223,7 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
         if case let .hello(secret) = request {
             authenticated = core.secret.map { Crypto.constantTimeEqual(Array($0.utf8), Array(secret.utf8)) } ?? true
             response = authenticated ? .ok : .denied
+            if authenticated { guardian.lift() }
         } else if !authenticated {
             response = .denied
         } else {
@@ -210,9 +259,11 @@ struct CoordinatorService: Service {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
+                    let guardian = PreAuthGuard(lifted: core.secret == nil)
                     try ch.pipeline.syncOperations.addHandlers([
+                        guardian,
                         ByteToMessageHandler(LengthPrefixedDecoder()),
-                        CoordinatorServerHandler(core: core),
+                        CoordinatorServerHandler(core: core, guardian: guardian),
                     ])
                 }
             }

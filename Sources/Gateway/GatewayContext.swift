@@ -25,6 +25,8 @@ struct GatewayContext: Sendable {
     let links: GatewayLinks
     let streamLimits: StreamLimits
     let logins: LoginGate
+    /// `--worker-header`: name the worker in the upgrade's `X-SecureChat-Worker` header.
+    let exposeWorkerHeader: Bool
 
     /// Origins allowed for this request: the configured ones, else `https://` + Host.
     func isAllowedOrigin(_ origin: String, host: String?) -> Bool {
@@ -65,8 +67,9 @@ final class LoginGate: Sendable {
 /// that take the same work for unknown users as for known ones.
 final class UsersStore: Sendable {
     private let path: String
-    private let state: NIOLockedValueBox<(users: UsersFile, mtime: timespec)>
-    private let dummy: PasswordHash
+    /// `dummy` is checked for unknown names: a hash with the parameters most of the real ones
+    /// have, so an unknown name costs what a known one does.
+    private let state: NIOLockedValueBox<(users: UsersFile, mtime: timespec, dummy: PasswordHash)>
 
     /// Demo accounts found at start-up (allowed with `--allow-demo-users`; shown in /healthz).
     let demoAccounts: [String]
@@ -75,8 +78,21 @@ final class UsersStore: Sendable {
         self.path = path
         let users = try UsersFile(path: path)
         demoAccounts = try UsersFile.checkDemoAccounts(in: users, path: path, allowed: allowDemo)
-        state = NIOLockedValueBox((users, Self.mtime(path)))
-        dummy = try PasswordHash.make(password: Crypto.newToken())
+        state = NIOLockedValueBox((users, Self.mtime(path), try Self.dummy(like: users)))
+    }
+
+    /// A hash of a random password with the most common parameters of `users` (defaults if empty).
+    static func dummy(like users: UsersFile) throws -> PasswordHash {
+        var counts: [[Int]: Int] = [:]
+        for h in users.users.values { counts[[h.logN, h.r, h.p], default: 0] += 1 }
+        let common = counts.sorted { a, b in a.value != b.value ? a.value > b.value : a.key.lexicographicallyPrecedes(b.key) }.first?.key
+        guard let common else { return try PasswordHash.make(password: Crypto.newToken()) }
+        return try PasswordHash.make(password: Crypto.newToken(), logN: common[0], r: common[1], p: common[2])
+    }
+
+    /// The dummy's parameters (for tests and logs).
+    var dummyParameters: (logN: Int, r: Int, p: Int) {
+        state.withLockedValue { ($0.dummy.logN, $0.dummy.r, $0.dummy.p) }
     }
 
     static func mtime(_ path: String) -> timespec {
@@ -95,7 +111,8 @@ final class UsersStore: Sendable {
         guard m.tv_sec != current.tv_sec || m.tv_nsec != current.tv_nsec else { return false }
         do {
             let users = try UsersFile(path: path)
-            state.withLockedValue { $0 = (users, m) }
+            let dummy = try Self.dummy(like: users)
+            state.withLockedValue { $0 = (users, m, dummy) }
             logger.info("users file reloaded", metadata: ["users": "\(users.users.count)"])
             return true
         } catch {
@@ -113,7 +130,7 @@ final class UsersStore: Sendable {
     /// matched when the password is right (the session records it), else nil.
     func verify(user: String, password: String, logger: Logger) -> String? {
         reloadIfChanged(logger: logger)
-        let users = state.withLockedValue { $0.users }
+        let (users, dummy) = state.withLockedValue { ($0.users, $0.dummy) }
         guard let hash = users.users[user] else {
             _ = dummy.verify(password: password)
             return nil

@@ -92,7 +92,8 @@ extension GatewayHTTPHandler {
         headers.add(name: "Upgrade", value: "websocket")
         headers.add(name: "Connection", value: "Upgrade")
         headers.add(name: "Sec-WebSocket-Accept", value: Self.acceptValue(for: key))
-        headers.add(name: "X-SecureChat-Worker", value: link.workerID)
+        // Which worker took the stream: for tests and operators only (ids may name hosts).
+        if ctx.exposeWorkerHeader { headers.add(name: "X-SecureChat-Worker", value: link.workerID) }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .switchingProtocols, headers: headers))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
 

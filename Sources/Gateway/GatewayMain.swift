@@ -29,6 +29,8 @@ enum GatewayMain {
       --event-loops N            event-loop threads (default: one per core)
       --max-logins-in-flight N   password checks at once; beyond, 503 with Retry-After (default 4 per core)
       --id NAME                  the gateway's name on its links (default gateway-<pid>)
+      --worker-header            name the worker in the upgrade's X-SecureChat-Worker header (tests,
+                                 debugging; off by default: worker ids may name hosts)
     """ + "\n" + ProcessSupport.commonHelp
 
     static func main() async {
@@ -100,7 +102,8 @@ enum GatewayMain {
                                 pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
             streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
                                        pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
-            logins: LoginGate(limit: maxLogins)
+            logins: LoginGate(limit: maxLogins),
+            exposeWorkerHeader: options.bool("worker-header", default: false)
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
         if !users.demoAccounts.isEmpty {

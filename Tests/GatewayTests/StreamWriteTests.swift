@@ -3,6 +3,7 @@ import NIOCore
 import NIOEmbedded
 import NIOWebSocket
 import XCTest
+import ChatCore
 
 @testable import Gateway
 
@@ -90,5 +91,17 @@ final class StreamWriteTests: XCTestCase {
         channel.pipeline.fireChannelWritabilityChanged()
         XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self), WebSocketWire.frame(opcode: .pong, payload: ByteBuffer(string: "p999")))
         XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "one pong, for the latest ping")
+    }
+}
+
+final class UsersStoreTests: XCTestCase {
+    func testUnknownNamesCostWhatTheRealHashesCost() throws {
+        var file = UsersFile()
+        file.users["a"] = try PasswordHash.make(password: "x", logN: 10)
+        file.users["b"] = try PasswordHash.make(password: "y", logN: 10)
+        file.users["c"] = try PasswordHash.make(password: "z", logN: 11)
+        let dummy = try UsersStore.dummy(like: file)
+        XCTAssertEqual([dummy.logN, dummy.r, dummy.p], [10, 8, 1], "the parameters most users have")
+        XCTAssertEqual(try UsersStore.dummy(like: UsersFile()).logN, PasswordHash.defaultLogN)
     }
 }

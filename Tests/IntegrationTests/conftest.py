@@ -59,7 +59,7 @@ def users_file():
 
 
 class Deployment:
-    def __init__(self, users_file, workers=2, extra_args=(), allow_demo=True):
+    def __init__(self, users_file, workers=2, extra_args=(), allow_demo=True, worker_header=True):
         self.port = free_port()
         self.base = "https://127.0.0.1:%d" % self.port
         self.origin = "https://127.0.0.1:%d" % self.port
@@ -68,7 +68,8 @@ class Deployment:
         self.log = open(self.log_path, "w")
         args = [os.path.join(BIN, "securechat"), "run", "--state-dir", self.state, "--port", str(self.port),
                 "--host", "127.0.0.1", "--workers", str(workers), "--users-file", users_file,
-                "--web-dir", os.path.join(ROOT, "web")] + (["--allow-demo-users"] if allow_demo else []) + list(extra_args)
+                "--web-dir", os.path.join(ROOT, "web")] + (["--worker-header"] if worker_header else []) + \
+            (["--allow-demo-users"] if allow_demo else []) + list(extra_args)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.workers = workers
         try:

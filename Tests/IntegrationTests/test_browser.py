@@ -139,6 +139,22 @@ def test_markup_is_rendered_as_text(deployment, browsers):
     assert out.returncode != 0 and "user names" in out.stderr
 
 
+def test_bidi_controls_in_a_text_cannot_move_its_author_or_time(deployment, browsers):
+    a = browsers()
+    login(a, deployment, "alice")
+    wait(a, connected)
+    # U+202E (right-to-left override) unclosed, then what a spoofer wants to be read backwards.
+    spoof = "\u202e:nimda 00:21"
+    send(a, spoof)
+    wait(a, lambda d: any("nimda" in t for t in messages(d)))
+    row = a.find_elements(By.CSS_SELECTOR, "#messages li.message")[-1]
+    text, author, time_ = (row.find_element(By.CSS_SELECTOR, s) for s in (".text", ".author", "time"))
+    assert a.execute_script("return getComputedStyle(arguments[0]).unicodeBidi", text) == "isolate"
+    assert text.get_attribute("dir") == "auto"
+    # Laid out in order: time, then author, then the text, left to right.
+    assert time_.rect["x"] < author.rect["x"] < text.rect["x"]
+
+
 def test_worker_killed_page_reconnects_and_misses_nothing(deployment, browsers):
     a, b = browsers(), browsers()
     login(a, deployment, "alice")

@@ -7,10 +7,12 @@ import os
 import socket
 import ssl
 import struct
+import time
 
 import pytest
 import requests
 
+from conftest import wait_until
 from wsclient import Client, run
 
 
@@ -255,3 +257,70 @@ def test_no_path_reaches_outside_the_assets(deployment, path):
     status = int(out.split(b" ", 2)[1])
     assert status in (400, 404), (path, out[:200])
     assert b"scrypt" not in out and b"root:" not in out and b"PackageDescription" not in out
+
+
+def _coordinator_with_secret():
+    import subprocess
+    from conftest import BIN, free_port
+    port = free_port()
+    proc = subprocess.Popen([os.path.join(BIN, "securechat-coordinator"), "--coordinator", "127.0.0.1:%d" % port,
+                             "--cluster-secret", "a-secret-for-this-test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    def listening():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    wait_until(listening, 20, what="coordinator listening")
+    return proc, port
+
+
+def _closed_by_peer(sock, deadline_s):
+    """True once the peer closed the connection (reads EOF or a reset) within the deadline."""
+    sock.settimeout(0.2)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _frame(obj):
+    body = json.dumps(obj).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def test_coordinator_links_prove_the_secret_small_and_soon():
+    proc, port = _coordinator_with_secret()
+    try:
+        # Before hello: a frame that claims to be big, and bytes past the small bound: closed.
+        big = socket.create_connection(("127.0.0.1", port))
+        big.sendall(struct.pack(">I", 1 << 20) + b"x" * 8192)
+        assert _closed_by_peer(big, 5)
+        # Connected and silent: closed after the 5 s allowed for a hello.
+        quiet = socket.create_connection(("127.0.0.1", port))
+        assert _closed_by_peer(quiet, 15)
+        # A wrong secret is denied and closed.
+        wrong = socket.create_connection(("127.0.0.1", port))
+        wrong.sendall(_frame({"request": {"id": 1, "_1": {"hello": {"secret": "nope"}}}}))
+        assert _closed_by_peer(wrong, 5)
+        # The right one is answered ok, and requests after it are served.
+        good = socket.create_connection(("127.0.0.1", port), timeout=5)
+        good.sendall(_frame({"request": {"id": 1, "_1": {"hello": {"secret": "a-secret-for-this-test"}}}}))
+        good.sendall(_frame({"request": {"id": 2, "_1": {"status": {}}}}))
+        data = b""
+        while data.count(b'"response"') < 2:
+            chunk = good.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert b'"ok"' in data and b'"status"' in data
+        good.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -87,3 +87,15 @@ def test_head_answers_have_the_headers_of_get_and_no_body(deployment):
     for path in ["/", "/nope", "/api/me"]:
         r = requests.head(d.base + path, verify=d.ca, allow_redirects=False)
         assert r.content == b""
+
+
+def test_upgrade_names_no_worker_unless_asked(make_deployment, deployment):
+    from wsclient import Client, run
+
+    async def worker_of(d):
+        c = await Client.connect(d, d.login("alice"))
+        await c.close()
+        return c.worker
+    assert run(worker_of(deployment)) in ("worker-1", "worker-2")   # tests ask for it
+    plain = make_deployment(worker_header=False)
+    assert run(worker_of(plain)) is None
