@@ -84,7 +84,7 @@ let package = Package(
         .executableTarget(name: "Fuzz", dependencies: ["Fuzzing"]),
         .testTarget(name: "ProtoTests", dependencies: ["Proto", "Fuzzing", .product(name: "NIOTestUtils", package: "swift-nio")]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Proto"]),
-        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOEmbedded", package: "swift-nio")]),
+        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Proto"]),
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "ChatCore", .product(name: "NIOEmbedded", package: "swift-nio"),
                                                          .product(name: "NIOWebSocket", package: "swift-nio")]),

@@ -39,7 +39,7 @@ def sessions_file(d, count):
     path = os.path.join(d.state, "sessions.txt")
     with open(path, "w") as f:
         for i in range(count):
-            f.write(d.login("bench%d" % i, PASSWORD).cookies["sc_session"] + "\n")
+            f.write(d.login("bench%d" % i, PASSWORD).cookies["__Host-sc_session"] + "\n")
     return path
 
 

@@ -6,7 +6,7 @@
               (websocket transport) event "message" carries a chat line; the
               server re-emits "message" = "<user>: <text>" with broadcast=True
               (every connected client, sender included).
-  securechat  wss://HOST/ws with Cookie: sc_session=...; first frame welcome;
+  securechat  wss://HOST/ws with Cookie: __Host-sc_session=...; first frame welcome;
               send {"type":"send","text","ref"} -> ack to sender, {"type":
               "message",...} to every connected client (sender included).
 
@@ -202,7 +202,7 @@ class SCClient:
         wsurl = ("wss" if base.startswith("https") else "ws") + base[base.index("://"):].rstrip("/") + self.a["ws_path"]
         self.ws = await connect(wsurl, ssl=self.ssl, open_timeout=10, max_size=2 ** 22,
                                 compression=None if self.a["ws_compression"] == "none" else "deflate",
-                                additional_headers={"Cookie": f"sc_session={self.cookie}"})
+                                additional_headers={"Cookie": f"__Host-sc_session={self.cookie}"})
         first = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
         if first.get("type") != "welcome":
             raise RuntimeError(f"client {self.cid}: first frame not welcome: {first}")
@@ -343,7 +343,7 @@ def main():
     ap.add_argument("--user-offset", type=int, default=0)
     ap.add_argument("--password", default="benchpw")
     # securechat
-    ap.add_argument("--cookies", help="file: one sc_session value per line, one user each")
+    ap.add_argument("--cookies", help="file: one __Host-sc_session value per line, one user each")
     ap.add_argument("--ws-path", default="/ws")
     ap.add_argument("--ws-compression", choices=["none", "deflate"], default="none")
     args = ap.parse_args()

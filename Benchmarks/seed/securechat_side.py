@@ -18,7 +18,7 @@ try:
     cookies = os.path.join(d.state, "cookies.txt")
     with open(cookies, "w") as f:
         for i in range(n):
-            f.write(d.login("bench%d" % i, bench.PASSWORD).cookies["sc_session"] + "\n")
+            f.write(d.login("bench%d" % i, bench.PASSWORD).cookies["__Host-sc_session"] + "\n")
     pids = ",".join(str(p) for p in bench.server_pids(d))
     for rate in rates:
         out = subprocess.run([os.path.join(os.environ.get("SEED_DIR", "/work/seedbench"), "venv", "bin", "python"), os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py"), "--target", "securechat",

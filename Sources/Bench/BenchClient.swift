@@ -327,7 +327,7 @@ struct Connector: Sendable {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: "\(target.host):\(target.port)")
         headers.add(name: "Origin", value: target.origin)
-        headers.add(name: "Cookie", value: "sc_session=\(cookie)")
+        headers.add(name: "Cookie", value: "__Host-sc_session=\(cookie)")
         headers.add(name: "Content-Length", value: "0")
         channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)), promise: nil)
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)

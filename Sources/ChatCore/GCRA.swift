@@ -16,6 +16,7 @@ public struct RateLimits: Sendable, Equatable {
     public var message = RateLimit(burst: 5, interval: 1)
     public var loginUser = RateLimit(burst: 5, interval: 12)
     public var loginAddress = RateLimit(burst: 20, interval: 3)
+    public var loginName = RateLimit(burst: 30, interval: 2)
     public var sync = RateLimit(burst: 30, interval: 1)
 
     public init() {}
@@ -26,14 +27,16 @@ public struct RateLimits: Sendable, Equatable {
         let msgRate = try options.double("msg-per-second", default: 1)
         let userPerMin = try options.int("login-user-per-minute", default: 5)
         let addrPerMin = try options.int("login-address-per-minute", default: 20)
+        let namePerMin = try options.int("login-name-per-minute", default: 30)
         let syncBurst = try options.int("sync-burst", default: 30)
         let syncRate = try options.double("sync-per-second", default: 1)
-        guard msgBurst > 0, msgRate > 0, userPerMin > 0, addrPerMin > 0, syncBurst > 0, syncRate > 0 else {
+        guard msgBurst > 0, msgRate > 0, userPerMin > 0, addrPerMin > 0, namePerMin > 0, syncBurst > 0, syncRate > 0 else {
             throw Options.Invalid("rate limits must be positive")
         }
         message = RateLimit(burst: msgBurst, interval: 1 / msgRate)
         loginUser = RateLimit(burst: userPerMin, interval: 60 / Double(userPerMin))
         loginAddress = RateLimit(burst: addrPerMin, interval: 60 / Double(addrPerMin))
+        loginName = RateLimit(burst: namePerMin, interval: 60 / Double(namePerMin))
         sync = RateLimit(burst: syncBurst, interval: 1 / syncRate)
     }
 
@@ -42,6 +45,7 @@ public struct RateLimits: Sendable, Equatable {
         case .message: return message
         case .loginUser: return loginUser
         case .loginAddress: return loginAddress
+        case .loginName: return loginName
         case .sync: return sync
         }
     }
@@ -50,7 +54,7 @@ public struct RateLimits: Sendable, Equatable {
     public var arguments: [String] {
         ["--msg-burst", String(message.burst), "--msg-per-second", String(1 / message.interval),
          "--login-user-per-minute", String(loginUser.burst), "--login-address-per-minute", String(loginAddress.burst),
-         "--sync-burst", String(sync.burst), "--sync-per-second", String(1 / sync.interval)]
+         "--login-name-per-minute", String(loginName.burst), "--sync-burst", String(sync.burst), "--sync-per-second", String(1 / sync.interval)]
     }
 }
 

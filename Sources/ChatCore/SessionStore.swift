@@ -16,7 +16,7 @@ public struct SessionStore: Sendable {
 
     /// Redis pub/sub channel on which logouts are announced (payload: the session hash).
     public static let logoutChannel = "sc:logout"
-    public static let cookieName = "sc_session"
+    public static let cookieName = "__Host-sc_session"
     /// Channel on which a user whose credentials changed or who was removed is announced
     /// (payload: the user name): workers close that user's streams with 4001.
     public static let credentialsChannel = "sc:user-ended"
@@ -153,16 +153,20 @@ public struct SessionStore: Sendable {
         }
     }
 
-    /// The session cookie's value from a `Cookie` header, if present.
+    /// The session cookie's value from the `Cookie` headers, if present exactly once. Two of
+    /// them (say one planted by a sibling subdomain under another path) are refused, never
+    /// chosen between: the request then has no session.
     public static func sessionID(fromCookieHeaders headers: [String]) -> String? {
+        var found: String?
         for header in headers {
             for part in header.split(separator: ";") {
                 let kv = part.split(separator: "=", maxSplits: 1)
                 if kv.count == 2, kv[0].trimmingCharacters(in: .whitespaces) == cookieName {
-                    return kv[1].trimmingCharacters(in: .whitespaces)
+                    guard found == nil else { return nil }
+                    found = kv[1].trimmingCharacters(in: .whitespaces)
                 }
             }
         }
-        return nil
+        return found
     }
 }

@@ -27,6 +27,8 @@ struct GatewayContext: Sendable {
     let logins: LoginGate
     /// `--worker-header`: name the worker in the upgrade's `X-SecureChat-Worker` header.
     let exposeWorkerHeader: Bool
+    /// `--proxy-protocol`: every connection starts with a PROXY header (v1 or v2) naming the client.
+    let proxyProtocol: Bool
 
     /// Origins allowed for this request: the configured ones, else `https://` + Host.
     func isAllowedOrigin(_ origin: String, host: String?) -> Bool {

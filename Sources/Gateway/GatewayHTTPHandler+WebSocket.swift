@@ -82,7 +82,7 @@ extension GatewayHTTPHandler {
     private func upgrade(_ context: ChannelHandlerContext, key: String, to link: GatewayLinkHandler, user: String, sessionHash: String) {
         guard context.channel.isActive else { return }
         let stream = GatewayStreamHandler(limits: ctx.streamLimits, logger: ctx.logger)
-        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let address = origin.address?.ipAddress ?? "unknown"
         guard stream.attach(to: link, user: user, sessionHash: sessionHash, address: address) else {
             respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"], close: true)
             return

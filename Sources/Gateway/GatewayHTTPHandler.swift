@@ -25,8 +25,12 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     let deadline: RequestDeadlineHandler
 
-    init(ctx: GatewayContext, deadline: RequestDeadlineHandler, httpHandlers: [RemovableChannelHandler]) {
+    /// The client's address: its peer, or what a PROXY protocol header named.
+    let origin: ClientOrigin
+
+    init(ctx: GatewayContext, deadline: RequestDeadlineHandler, origin: ClientOrigin, httpHandlers: [RemovableChannelHandler]) {
         self.ctx = ctx
+        self.origin = origin
         self.deadline = deadline
         self.httpHandlers = httpHandlers
     }
@@ -161,7 +165,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respondJSON(context, .badRequest, ["ok": false, "error": "bad_request"])
             return
         }
-        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let address = ClientAddress.rateKey(origin.address)
         let oldSession = Self.sessionID(head)
         let ctx = self.ctx
         let loop = context.eventLoop
@@ -203,22 +207,27 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         // One atomic take-or-refuse per limit *before* the password is checked, so concurrent
         // guesses cannot all pass a check before any spends. Every failed attempt keeps its
         // cells, known user or not (a 429 says nothing about which accounts exist); a refused
-        // attempt gives back what it took, and a successful login gives back both.
-        let userKey = username.lowercased()
+        // attempt gives back what it took, and a successful login gives back all of them.
+        // The strict per-name limit counts a name from one address; the per-name limit over
+        // all addresses is softer, so a guesser elsewhere cannot keep its owner out.
+        let nameKey = username.lowercased()
+        let pairKey = nameKey + "|" + address
         let limiter = ctx.limiter
-        return limiter.check(.loginUser, key: userKey, on: loop).and(limiter.check(.loginAddress, key: address, on: loop))
-            .flatMap { u, a -> EventLoopFuture<LoginOutcome> in
-                if !u.allowed || !a.allowed {
-                    limiter.refund(.loginUser, key: userKey, taken: u)
-                    limiter.refund(.loginAddress, key: address, taken: a)
-                    let wait = max(u.allowed ? 0 : u.retryAfter, a.allowed ? 0 : a.retryAfter)
+        let taken = [(RateLimitKind.loginUser, pairKey), (.loginName, nameKey), (.loginAddress, address)]
+        return EventLoopFuture.whenAllSucceed(taken.map { limiter.check($0.0, key: $0.1, on: loop) }, on: loop)
+            .flatMap { decisions -> EventLoopFuture<LoginOutcome> in
+                @Sendable func giveBack() {
+                    for (i, d) in decisions.enumerated() { limiter.refund(taken[i].0, key: taken[i].1, taken: d) }
+                }
+                if let refused = decisions.first(where: { !$0.allowed }) {
+                    giveBack()
+                    let wait = decisions.filter { !$0.allowed }.map(\.retryAfter).max() ?? refused.retryAfter
                     ctx.logger.info("login rate limited", metadata: ["client.address": "\(address)"])
                     return loop.makeSucceededFuture(.limited(max(1, Int(wait.rounded(.up)))))
                 }
                 // Bounded work: past --max-logins-in-flight the answer is 503 at once, not a queue.
                 guard ctx.logins.enter() else {
-                    limiter.refund(.loginUser, key: userKey, taken: u)
-                    limiter.refund(.loginAddress, key: address, taken: a)
+                    giveBack()
                     ctx.logger.warning("login refused: too many password checks in flight", metadata: ["client.address": "\(address)"])
                     return loop.makeSucceededFuture(.busy)
                 }
@@ -231,16 +240,14 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 checked.whenComplete { _ in logins.leave() }
                 return checked.flatMap { valid -> EventLoopFuture<LoginOutcome> in
                     guard let valid else {
-                        limiter.refund(.loginUser, key: userKey, taken: u)
-                        limiter.refund(.loginAddress, key: address, taken: a)
+                        giveBack()
                         return loop.makeSucceededFuture(.invalid)
                     }
                     guard let generation = valid else {
                         ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])
                         return loop.makeSucceededFuture(.invalid)
                     }
-                    limiter.refund(.loginUser, key: userKey, taken: u)
-                    limiter.refund(.loginAddress, key: address, taken: a)
+                    giveBack()
                     // A fresh id at every login; a session the browser brought along is ended, never adopted.
                     let ended = oldSession.map { ctx.sessions.destroy($0, on: loop).map { _ in () }.recover { _ in () } }
                         ?? loop.makeSucceededVoidFuture()

@@ -29,6 +29,8 @@ enum GatewayMain {
       --event-loops N            event-loop threads (default: one per core)
       --max-logins-in-flight N   password checks at once; beyond, 503 with Retry-After (default 4 per core)
       --id NAME                  the gateway's name on its links (default gateway-<pid>)
+      --proxy-protocol           every connection starts with a PROXY protocol header (v1 or v2) from an
+                                 L4 balancer, which names the client for limits and logs; others are closed
       --worker-header            name the worker in the upgrade's X-SecureChat-Worker header (tests,
                                  debugging; off by default: worker ids may name hosts)
     """ + "\n" + ProcessSupport.commonHelp
@@ -103,7 +105,8 @@ enum GatewayMain {
             streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
                                        pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
             logins: LoginGate(limit: maxLogins),
-            exposeWorkerHeader: options.bool("worker-header", default: false)
+            exposeWorkerHeader: options.bool("worker-header", default: false),
+            proxyProtocol: options.bool("proxy-protocol", default: false)
         )
         logger.info("users loaded", metadata: ["users": "\(users.count)"])
         if !users.demoAccounts.isEmpty {

@@ -43,10 +43,12 @@ struct GatewayService: Service {
                     let idle = IdleStateHandler(readTimeout: .seconds(30))
                     let deadline = RequestDeadlineHandler(limit: ctx.requestTimeout)
                     let sync = channel.pipeline.syncOperations
+                    let origin = ClientOrigin(channel.remoteAddress)
+                    if ctx.proxyProtocol { try sync.addHandler(ProxyProtocolHandler(origin: origin)) }
                     try sync.addHandler(idle)
                     try sync.addHandler(NIOSSLServerHandler(context: tls))
                     try sync.addHandlers([deadline, decoder, encoder, pipelining, errors])
-                    try sync.addHandler(GatewayHTTPHandler(ctx: ctx, deadline: deadline,
+                    try sync.addHandler(GatewayHTTPHandler(ctx: ctx, deadline: deadline, origin: origin,
                                                            httpHandlers: [pipelining, errors, encoder, idle, deadline, decoder]))
                 }
             }

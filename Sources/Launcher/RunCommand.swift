@@ -80,7 +80,7 @@ struct RunCommand {
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
                                     "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
         if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
-        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms", "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header"] {
+        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms", "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol"] {
             if let v = options.string(name) { gatewayArgs += ["--\(name)", v] }
         }
         let gateways = try options.int("gateways", default: 1)

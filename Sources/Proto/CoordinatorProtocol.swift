@@ -4,8 +4,11 @@ import NIOCore
 public enum RateLimitKind: String, Codable, Sendable, CaseIterable {
     /// Chat messages per user, across all connections.
     case message
-    /// Failed logins per user name.
+    /// Failed logins per user name from one client address (key `name|address`).
     case loginUser
+    /// Failed logins per user name from all addresses: softer, so that nobody can keep a
+    /// person out from a few addresses.
+    case loginName
     /// Failed logins per client address.
     case loginAddress
     /// `sync` requests per user (each replays history from Redis).

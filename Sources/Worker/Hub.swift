@@ -121,12 +121,10 @@ final class Hub: Sendable {
     private func broadcast(_ body: @escaping @Sendable (WorkerLinkHandler) -> Void) {
         for l in loops.values {
             let links = l.links
-            if l.eventLoop.inEventLoop {
+            // Always enqueued, never run inline when already on the loop: a gap fill relays
+            // from elsewhere through the same queue, and only one FIFO keeps the two in order.
+            l.eventLoop.execute {
                 for link in links.value.byID.values { body(link) }
-            } else {
-                l.eventLoop.execute {
-                    for link in links.value.byID.values { body(link) }
-                }
             }
         }
     }

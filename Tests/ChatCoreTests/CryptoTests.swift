@@ -60,9 +60,12 @@ import Testing
     }
 
     @Test func cookieParsing() {
-        #expect(SessionStore.sessionID(fromCookieHeaders: ["theme=dark; sc_session=abc; x=1"]) == "abc")
-        #expect(SessionStore.sessionID(fromCookieHeaders: ["a=1", "sc_session=zz"]) == "zz")
-        #expect(SessionStore.sessionID(fromCookieHeaders: ["xsc_session=1"]) == nil)
+        #expect(SessionStore.sessionID(fromCookieHeaders: ["theme=dark; __Host-sc_session=abc; x=1"]) == "abc")
+        #expect(SessionStore.sessionID(fromCookieHeaders: ["a=1", "__Host-sc_session=zz"]) == "zz")
+        #expect(SessionStore.sessionID(fromCookieHeaders: ["x__Host-sc_session=1"]) == nil)
+        #expect(SessionStore.sessionID(fromCookieHeaders: ["__Host-sc_session=a; __Host-sc_session=b"]) == nil, "two are refused")
+        #expect(SessionStore.sessionID(fromCookieHeaders: ["__Host-sc_session=a", "__Host-sc_session=a"]) == nil)
+        #expect(SessionStore.sessionID(fromCookieHeaders: ["sc_session=abc"]) == nil, "the old name is not read")
     }
 
     @Test func sha256() {

@@ -1,4 +1,5 @@
 import ChatCore
+import NIOCore
 import Testing
 
 @Suite struct GCRATests {
@@ -108,5 +109,19 @@ import Testing
         #expect(delays == [0.1, 0.2, 0.4, 0.8, 1, 1])
         b.reset()
         #expect(b.next(random: 0) == 0.05)
+    }
+}
+
+@Suite struct ClientAddressTests {
+    @Test func ipv6CountsByItsSlash64AndMappedIPv4AsIPv4() throws {
+        let a = try SocketAddress(ipAddress: "2001:db8:aa:bb:1:2:3:4", port: 1)
+        let b = try SocketAddress(ipAddress: "2001:db8:aa:bb:ffff:ffff:ffff:ffff", port: 2)
+        let c = try SocketAddress(ipAddress: "2001:db8:aa:bc::1", port: 1)
+        #expect(ClientAddress.rateKey(a) == "2001:db8:aa:bb::/64")
+        #expect(ClientAddress.rateKey(a) == ClientAddress.rateKey(b), "one /64, one key")
+        #expect(ClientAddress.rateKey(c) != ClientAddress.rateKey(a))
+        #expect(ClientAddress.rateKey(try SocketAddress(ipAddress: "::ffff:192.0.2.7", port: 1)) == "192.0.2.7")
+        #expect(ClientAddress.rateKey(try SocketAddress(ipAddress: "192.0.2.7", port: 1)) == "192.0.2.7")
+        #expect(ClientAddress.rateKey(nil) == "unknown")
     }
 }

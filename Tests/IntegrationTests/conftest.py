@@ -1,6 +1,7 @@
 """Starts a real SecureChat deployment per test: the `securechat run` launcher
 with its own redis-server, coordinator, two workers and the TLS gateway, on a
 free port with a temporary state folder. Every process is stopped afterwards."""
+import http.client
 import json
 import os
 import shutil
@@ -58,6 +59,19 @@ def users_file():
     shutil.rmtree(d, ignore_errors=True)
 
 
+class ProxiedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a gateway behind `--proxy-protocol`: `header` is sent before the TLS handshake."""
+
+    def __init__(self, port, header, context):
+        super().__init__("127.0.0.1", port, context=context, timeout=30)
+        self.header = header
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.sendall(self.header)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
 class Deployment:
     def __init__(self, users_file, workers=2, extra_args=(), allow_demo=True, worker_header=True):
         self.port = free_port()
@@ -70,6 +84,7 @@ class Deployment:
                 "--host", "127.0.0.1", "--workers", str(workers), "--users-file", users_file,
                 "--web-dir", os.path.join(ROOT, "web")] + (["--worker-header"] if worker_header else []) + \
             (["--allow-demo-users"] if allow_demo else []) + list(extra_args)
+        self.args = args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.workers = workers
         try:
@@ -81,6 +96,14 @@ class Deployment:
     def healthy(self):
         if self.proc.poll() is not None:
             raise RuntimeError("launcher exited: " + open(self.log_path).read()[-2000:])
+        if "--proxy-protocol" in self.args:
+            conn = ProxiedHTTPS(self.port, b"PROXY UNKNOWN\r\n", self.ssl_context())
+            try:
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                return r.status == 200 and json.loads(r.read())["workers"] == self.workers
+            finally:
+                conn.close()
         r = requests.get(self.base + "/healthz", verify=self.ca, timeout=2)
         return r.status_code == 200 and r.json()["workers"] == self.workers
 

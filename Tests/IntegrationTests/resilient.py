@@ -15,7 +15,7 @@ from wsclient import id_key
 class ResilientClient:
     def __init__(self, deployment, session, name):
         self.deployment = deployment
-        self.cookie = session.cookies["sc_session"]
+        self.cookie = session.cookies["__Host-sc_session"]
         self.name = name
         self.shown = []            # message ids shown, in order
         self.last_id = None
@@ -40,7 +40,7 @@ class ResilientClient:
             self.last_id = m["id"]
 
     async def _connect(self):
-        headers = {"Cookie": "sc_session=" + self.cookie, "Origin": self.deployment.origin}
+        headers = {"Cookie": "__Host-sc_session=" + self.cookie, "Origin": self.deployment.origin}
         return await websockets.connect("wss://127.0.0.1:%d/ws" % self.deployment.port,
                                         ssl=self.deployment.ssl_context(), additional_headers=headers,
                                         open_timeout=5, ping_interval=None, max_size=2 ** 22)

@@ -83,17 +83,17 @@ def test_websocket_needs_session_and_own_origin(deployment):
         await ws.close()
         return 101
 
-    cookie = {"Cookie": "sc_session=" + alice.cookies["sc_session"]}
+    cookie = {"Cookie": "__Host-sc_session=" + alice.cookies["__Host-sc_session"]}
     assert run(status_of({"Origin": deployment.origin})) == 401
     assert run(status_of(dict(cookie, Origin="https://evil.example"))) == 403
     assert run(status_of(dict(cookie, Origin="null"))) == 403
-    assert run(status_of({"Cookie": "sc_session=" + "A" * 43, "Origin": deployment.origin})) == 401
+    assert run(status_of({"Cookie": "__Host-sc_session=" + "A" * 43, "Origin": deployment.origin})) == 401
     assert run(status_of(dict(cookie, Origin=deployment.origin))) == 101
 
 
 def test_logout_ends_session_and_closes_its_sockets(deployment):
     first, second = deployment.login("alice"), deployment.login("alice")
-    sid = first.cookies["sc_session"]
+    sid = first.cookies["__Host-sc_session"]
     key = "sc:session:" + hashlib.sha256(sid.encode()).hexdigest()
     assert deployment.redis("EXISTS", key) == "1"
 
@@ -110,7 +110,7 @@ def test_logout_ends_session_and_closes_its_sockets(deployment):
 
     run(scenario())
     assert deployment.redis("EXISTS", key) == "0"
-    me = requests.get(deployment.base + "/api/me", cookies={"sc_session": sid}, verify=deployment.ca)
+    me = requests.get(deployment.base + "/api/me", cookies={"__Host-sc_session": sid}, verify=deployment.ca)
     assert me.status_code == 401 and me.json() == {"ok": False, "error": "unauthenticated"}
     assert second.get(deployment.base + "/api/me").json() == {"username": "alice"}
     assert first.post(deployment.base + "/api/logout").status_code == 401
@@ -224,7 +224,7 @@ def test_sockets_opened_and_closed_at_once_leave_no_one_online(deployment):
     async def scenario():
         async def flap():
             ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
-                                          additional_headers={"Cookie": "sc_session=" + bob.cookies["sc_session"]})
+                                          additional_headers={"Cookie": "__Host-sc_session=" + bob.cookies["__Host-sc_session"]})
             await ws.close()   # before or after the welcome: both must end offline
 
         for _ in range(5):

@@ -44,6 +44,6 @@ def test_a_demo_says_so_and_a_real_deployment_does_not(deployment):
         health = requests.get(real.base + "/healthz", verify=real.ca, timeout=5).json()
         assert health["status"] == "ok" and "demo_users" not in health
         assert "DEMO" not in real.log_text()
-        assert real.login("alice").cookies.get("sc_session")
+        assert real.login("alice").cookies.get("__Host-sc_session")
     finally:
         real.stop()

@@ -25,7 +25,7 @@ class RawWebSocket:
                                     server_hostname="127.0.0.1")
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nCookie: sc_session=%s\r\n\r\n"
+                           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nCookie: __Host-sc_session=%s\r\n\r\n"
                            % (deployment.port, key, cookie)).encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -99,7 +99,7 @@ def deployment(shared_deployment):
 
 @pytest.fixture
 def raw(deployment):
-    cookie = deployment.login("alice").cookies["sc_session"]
+    cookie = deployment.login("alice").cookies["__Host-sc_session"]
     return lambda: RawWebSocket(deployment, cookie)
 
 

@@ -16,7 +16,7 @@ def test_pages_redirect_by_session(deployment):
     s = deployment.login("admin")
     assert get(deployment, "/", s).status_code == 302 and get(deployment, "/", s).headers["Location"] == "/chat"
     assert get(deployment, "/chat", s).status_code == 200
-    cookie = s.cookies["sc_session"]
+    cookie = s.cookies["__Host-sc_session"]
     assert len(cookie) >= 22
 
 
@@ -24,14 +24,14 @@ def test_login_cookie_flags_and_fresh_ids(deployment):
     url = deployment.base + "/api/login"
     body = {"username": "admin", "password": "password123"}
     r1 = requests.post(url, json=body, verify=deployment.ca)
-    r2 = requests.post(url, json=body, verify=deployment.ca, cookies={"sc_session": r1.cookies["sc_session"]})
+    r2 = requests.post(url, json=body, verify=deployment.ca, cookies={"__Host-sc_session": r1.cookies["__Host-sc_session"]})
     assert r1.json() == {"ok": True, "username": "admin"}
     header = r1.headers["Set-Cookie"]
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"]:
         assert flag in header
-    assert r1.cookies["sc_session"] != r2.cookies["sc_session"]
+    assert r1.cookies["__Host-sc_session"] != r2.cookies["__Host-sc_session"]
     # The session the browser brought along is ended, never adopted.
-    assert get(deployment, "/api/me", cookies={"sc_session": r1.cookies["sc_session"]}).status_code == 401
+    assert get(deployment, "/api/me", cookies={"__Host-sc_session": r1.cookies["__Host-sc_session"]}).status_code == 401
 
 
 def test_static_assets_and_no_escape(deployment):
@@ -99,3 +99,18 @@ def test_upgrade_names_no_worker_unless_asked(make_deployment, deployment):
     assert run(worker_of(deployment)) in ("worker-1", "worker-2")   # tests ask for it
     plain = make_deployment(worker_header=False)
     assert run(worker_of(plain)) is None
+
+
+def test_the_session_cookie_is_host_prefixed_and_one_only(deployment):
+    r = requests.post(deployment.base + "/api/login", json={"username": "alice", "password": "pw-alice-123456"},
+                      verify=deployment.ca)
+    assert r.headers["Set-Cookie"].startswith("__Host-sc_session=")
+    assert "Domain" not in r.headers["Set-Cookie"] and "Path=/;" in r.headers["Set-Cookie"]
+    sid = r.cookies["__Host-sc_session"]
+    one = {"Cookie": "__Host-sc_session=" + sid}
+    assert requests.get(deployment.base + "/api/me", headers=one, verify=deployment.ca).status_code == 200
+    # The same cookie twice (or a planted second one) is no session at all.
+    for two in ("__Host-sc_session=%s; __Host-sc_session=%s" % (sid, sid), "__Host-sc_session=%s; __Host-sc_session=x" % sid):
+        assert requests.get(deployment.base + "/api/me", headers={"Cookie": two}, verify=deployment.ca).status_code == 401
+    # The contract's plain name is not read.
+    assert requests.get(deployment.base + "/api/me", headers={"Cookie": "sc_session=" + sid}, verify=deployment.ca).status_code == 401

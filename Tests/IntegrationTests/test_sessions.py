@@ -13,7 +13,7 @@ from wsclient import Client, run
 
 
 def me(deployment, sid):
-    return requests.get(deployment.base + "/api/me", cookies={"sc_session": sid}, verify=deployment.ca, timeout=5)
+    return requests.get(deployment.base + "/api/me", cookies={"__Host-sc_session": sid}, verify=deployment.ca, timeout=5)
 
 
 def session_key(sid):
@@ -24,7 +24,7 @@ def upgrade_status(deployment, sid):
     async def attempt():
         try:
             ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
-                                          additional_headers={"Cookie": "sc_session=" + sid, "Origin": deployment.origin},
+                                          additional_headers={"Cookie": "__Host-sc_session=" + sid, "Origin": deployment.origin},
                                           open_timeout=10)
         except websockets.InvalidStatus as e:
             return e.response.status_code
@@ -35,7 +35,7 @@ def upgrade_status(deployment, sid):
 
 def test_idle_expiry_slides_with_use_and_ends_without(make_deployment):
     d = make_deployment(workers=1, extra_args=["--session-idle-seconds", "2", "--session-max-seconds", "60"])
-    sid = d.login("alice").cookies["sc_session"]
+    sid = d.login("alice").cookies["__Host-sc_session"]
     # Used every half second for twice the idle period: still valid.
     start = time.monotonic()
     while time.monotonic() - start < 4:
@@ -55,7 +55,7 @@ def test_absolute_expiry_ends_a_session_in_use_and_closes_its_socket(make_deploy
     d = make_deployment(workers=1, extra_args=["--session-idle-seconds", "60", "--session-max-seconds", "4",
                                                "--ping-seconds", "0.5"])
     s = d.login("alice")
-    sid = s.cookies["sc_session"]
+    sid = s.cookies["__Host-sc_session"]
     logged_in = time.monotonic()
 
     async def scenario():
@@ -75,7 +75,7 @@ def test_an_open_socket_keeps_its_session_from_idle_expiry(make_deployment):
     d = make_deployment(workers=1, extra_args=["--session-idle-seconds", "2", "--session-max-seconds", "60",
                                                "--ping-seconds", "0.25"])
     s = d.login("alice")
-    sid = s.cookies["sc_session"]
+    sid = s.cookies["__Host-sc_session"]
 
     async def scenario():
         c = await Client.connect(d, s)
@@ -97,7 +97,7 @@ def test_an_open_socket_keeps_its_session_from_idle_expiry(make_deployment):
 def test_logout_takes_effect_everywhere_and_a_stolen_cookie_replays_nothing(make_deployment):
     d = make_deployment(workers=2, extra_args=["--gateways", "2"])
     s = d.login("bob")
-    sid = s.cookies["sc_session"]
+    sid = s.cookies["__Host-sc_session"]
 
     async def scenario():
         clients = [await Client.connect(d, s) for _ in range(4)]
@@ -112,9 +112,9 @@ def test_logout_takes_effect_everywhere_and_a_stolen_cookie_replays_nothing(make
     # spread over both by SO_REUSEPORT), for pages, the API, the socket and logout itself.
     for _ in range(10):
         assert me(d, sid).status_code == 401
-        assert requests.get(d.base + "/chat", cookies={"sc_session": sid}, verify=d.ca, allow_redirects=False).status_code == 302
+        assert requests.get(d.base + "/chat", cookies={"__Host-sc_session": sid}, verify=d.ca, allow_redirects=False).status_code == 302
     assert upgrade_status(d, sid) == 401
-    assert requests.post(d.base + "/api/logout", cookies={"sc_session": sid}, headers={"Origin": d.origin},
+    assert requests.post(d.base + "/api/logout", cookies={"__Host-sc_session": sid}, headers={"Origin": d.origin},
                          verify=d.ca).status_code == 401
 
 
@@ -254,11 +254,67 @@ def test_changing_a_password_or_removing_a_user_ends_their_sessions():
         run(scenario())
         # Their cookies are worthless everywhere; the old password is refused, the new one works.
         for s in (alice, bob):
-            assert me(d, s.cookies["sc_session"]).status_code == 401
-            assert upgrade_status(d, s.cookies["sc_session"]) == 401
+            assert me(d, s.cookies["__Host-sc_session"]).status_code == 401
+            assert upgrade_status(d, s.cookies["__Host-sc_session"]) == 401
         assert login(d, "alice", password_for("alice")).status_code == 401
         assert login(d, "alice", "a-new-password-for-alice").status_code == 200
-        assert me(d, carol.cookies["sc_session"]).status_code == 200
+        assert me(d, carol.cookies["__Host-sc_session"]).status_code == 200
     finally:
         d.stop()
         shutil.rmtree(d_users, ignore_errors=True)
+
+
+def login_from(d, source, user, password):
+    """A login whose TCP connection comes from `source` (another loopback address)."""
+    import http.client
+    import json as _json
+    conn = http.client.HTTPSConnection("127.0.0.1", d.port, source_address=(source, 0), context=d.ssl_context(), timeout=30)
+    try:
+        conn.request("POST", "/api/login", body=_json.dumps({"username": user, "password": password}),
+                     headers={"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_a_guesser_cannot_keep_the_owner_out(make_deployment):
+    d = make_deployment(extra_args=["--login-name-per-minute", "8"])
+    # From one address, dave's name is throttled after 5 failures...
+    assert [login_from(d, "127.0.0.1", "dave", "guess%d" % i) for i in range(6)] == [401] * 5 + [429]
+    # ...for that address only: dave, elsewhere, logs in (and his success costs nothing).
+    assert login_from(d, "127.0.0.2", "dave", "pw-dave-123456") == 200
+    # Over all addresses the name has a softer limit (8 here, 30 by default): 3 more failures
+    # from a third address, and then the name is throttled everywhere for a while.
+    assert [login_from(d, "127.0.0.3", "dave", "guess-b%d" % i) for i in range(3)] == [401] * 3
+    assert login_from(d, "127.0.0.4", "dave", "guess-c") == 429
+
+
+def test_behind_an_l4_balancer_limits_see_the_client_the_proxy_header_names(make_deployment):
+    import json as _json
+    import socket
+    from conftest import ProxiedHTTPS
+    d = make_deployment(extra_args=["--proxy-protocol"])
+
+    def guess(header, user):
+        conn = ProxiedHTTPS(d.port, header, d.ssl_context())
+        try:
+            conn.request("POST", "/api/login", body=_json.dumps({"username": user, "password": "wrong"}),
+                         headers={"Content-Type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    v1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 5001\r\n"
+    # v2, binary: the same kind of header naming another client.
+    v2 = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11, 0x00, 0x0C]) + bytes([203, 0, 113, 10, 127, 0, 0, 1])
+          + (40001).to_bytes(2, "big") + (5001).to_bytes(2, "big"))
+    # 20 failures a minute per address: 203.0.113.9 spends them (one guess per name)...
+    assert [guess(v1, "user%02d" % i) for i in range(21)] == [401] * 20 + [429]
+    # ...and 203.0.113.10, through the same balancer and the same TCP peer, has its own.
+    assert guess(v2, "someone") == 401
+    # Without a header (or with a broken one) the gateway closes the connection unanswered.
+    for first in (b"GET /healthz HTTP/1.1\r\n\r\n", b"PROXY TCP4 nonsense\r\n"):
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        s.sendall(first)
+        assert s.recv(100) == b""
+        s.close()

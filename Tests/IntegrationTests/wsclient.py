@@ -14,7 +14,7 @@ class Client:
 
     @classmethod
     async def connect(cls, deployment, session, origin=True, expect_welcome=True):
-        headers = {"Cookie": "sc_session=" + session.cookies["sc_session"]}
+        headers = {"Cookie": "__Host-sc_session=" + session.cookies["__Host-sc_session"]}
         if origin:
             headers["Origin"] = deployment.origin
         ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
