@@ -25,6 +25,15 @@ enum BenchMain {
             print(usage)
             exit(options.wantsHelp ? 0 : 2)
         }
+        do {
+            try options.refuseUnknown(["ca", "name", "password", "path", "sessions", "threads", "url", "user-prefix", "users",
+                                       "checks-per-second", "clients", "connections", "drain-seconds", "heartbeat-seconds",
+                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders"],
+                                      positionalLimit: 1)
+        } catch {
+            print("error: \(error)")
+            exit(2)
+        }
         guard let threads = try? options.int("threads", default: System.coreCount), threads > 0 else {
             print("--threads must be a positive integer")
             exit(2)

@@ -38,6 +38,26 @@ public struct Options: Sendable {
         }
     }
 
+    /// Flags every server process takes (the launcher passes them all to each child).
+    public static let common: Set<String> = [
+        "help", "log-level", "parent-pid", "state-dir", "redis-url", "redis-password", "coordinator", "cluster-secret",
+        "session-idle-seconds", "session-max-seconds",
+        "msg-burst", "msg-per-second", "login-user-per-minute", "login-name-per-minute", "login-address-per-minute",
+        "sync-burst", "sync-per-second",
+    ]
+
+    /// Refuses command-line flags outside `known` (and `common`), and positional arguments
+    /// beyond `positionalLimit`, with a message that names them; a typo is not silently a default.
+    public func refuseUnknown(_ known: Set<String>, positionalLimit: Int = 0) throws {
+        let unknown = values.keys.filter { !known.contains($0) && !Self.common.contains($0) }.sorted()
+        if let first = unknown.first {
+            throw Invalid("unknown flag --\(first)\(unknown.count > 1 ? " (and \(unknown.dropFirst().map { "--" + $0 }.joined(separator: ", ")))" : ""); see --help")
+        }
+        if positional.count > positionalLimit {
+            throw Invalid("unexpected argument '\(positional[positionalLimit])'; see --help")
+        }
+    }
+
     /// `--help` or `-h` on the command line (never from the environment).
     public var wantsHelp: Bool { values["help"] != nil || positional.contains("-h") }
 

@@ -23,6 +23,7 @@ enum CoordinatorMain {
         let limits: RateLimits
         let lease: Double, settle: Double, maxSockets: Int
         do {
+            try options.refuseUnknown(["lease-seconds", "settle-seconds", "max-sockets-per-user"])
             let stateDir = options.string("state-dir", default: ".state")
             endpoint = try Endpoint(parsing: options.string("coordinator", default: stateDir + "/coordinator.sock"))
             limits = try RateLimits(options: options)

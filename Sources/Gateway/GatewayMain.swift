@@ -49,6 +49,9 @@ enum GatewayMain {
         let users: UsersStore
         let files: StaticFiles
         do {
+            try options.refuseUnknown(["allow-demo-users", "cert", "key", "host", "port", "id", "users-file", "web-dir", "public-origin",
+                                       "flush-coalesce-ms", "max-logins-in-flight", "max-queued-bytes", "max-queued-frames",
+                                       "ping-seconds", "proxy-protocol", "request-timeout-seconds", "worker-header", "event-loops"])
             port = try options.int("port", default: 5001)
             requestTimeout = try options.double("request-timeout-seconds", default: 10)
             pingSeconds = try options.double("ping-seconds", default: 30)

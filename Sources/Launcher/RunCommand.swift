@@ -8,7 +8,16 @@ struct RunCommand {
     let options: Options
     let logger: Logger
 
+    /// Its own flags and those it passes on to its children.
+    static let flags: Set<String> = [
+        "workers", "gateways", "port", "host", "users-file", "cert", "key", "web-dir", "public-origin", "redis-server",
+        "worker-event-loops", "allow-demo-users", "lease-seconds", "max-sockets-per-user", "history", "history-max",
+        "max-queued-frames", "request-timeout-seconds", "ping-seconds", "max-queued-bytes", "flush-coalesce-ms",
+        "event-loops", "max-logins-in-flight", "worker-header", "proxy-protocol",
+    ]
+
     func execute() async throws {
+        try options.refuseUnknown(Self.flags, positionalLimit: 1)
         let stateDir = absolute(options.string("state-dir", default: ".state"))
         let workers = try options.int("workers", default: 2)
         let port = try options.int("port", default: 5001)

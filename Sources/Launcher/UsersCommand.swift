@@ -6,6 +6,7 @@ struct UsersCommand {
     let options: Options
 
     func execute() throws {
+        try options.refuseUnknown(["users-file", "log-n"], positionalLimit: 4)
         let path = options.string("users-file", default: "users.json")
         let args = Array(options.positional.dropFirst(2))
         guard let verb = options.positional.dropFirst().first else { throw Options.Invalid(Launcher.usage) }

@@ -35,6 +35,7 @@ enum WorkerMain {
         let limits: RateLimits
         let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int
         do {
+            try options.refuseUnknown(["advertise", "history", "history-max", "id", "listen", "max-queued-frames", "event-loops"])
             listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
             if case .tcp = listen, options.string("cluster-secret") == nil {
                 // On TCP anyone who reaches the port could open streams: the links must prove a secret.

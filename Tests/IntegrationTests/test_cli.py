@@ -24,3 +24,18 @@ def test_help_prints_usage_and_starts_nothing(command, flag):
     # Nothing ran: no socket, no Redis data, no certificate, no log line.
     assert os.listdir(state) == []
     assert out.stderr == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_unknown_flags_are_refused_by_name(command):
+    if command == ["securechat"]:
+        command = ["securechat", "run"]
+    state = tempfile.mkdtemp(prefix="sc-flag-")
+    args = [os.path.join(BIN, command[0])] + command[1:] + (["list"] if command[1:] == ["users"] else []) \
+        + ["--state-dir", state, "--wrokers", "3"]
+    if command[0] == "securechat-bench":
+        args.insert(1, "fanout")
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30, cwd=state)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "unknown flag --wrokers" in out.stdout + out.stderr
+    assert not os.path.exists(os.path.join(state, "redis.sock")) and not os.path.exists(os.path.join(state, "tls"))
