@@ -120,7 +120,16 @@ public final class CoordinatorLink: Service, Sendable {
             },
             established: { _ in
                 if let secret {
-                    guard case .ok = try await self.call(.hello(secret: secret)) else {
+                    // Mutual challenge-response: each side proves the secret over both nonces.
+                    let auth = LinkAuth(secret: secret)
+                    let mine = try LinkAuth.nonce()
+                    guard case let .authChallenge(theirs, proof) = try await self.call(.authBegin(nonce: mine)),
+                          theirs.count == LinkFrame.nonceBytes,
+                          auth.verify(proof, expected: auth.coordinatorProof(clientNonce: mine, coordinatorNonce: theirs)) else {
+                        logger.error("coordinator did not prove the cluster secret; closing the link")
+                        throw CoordinatorUnavailable()
+                    }
+                    guard case .ok = try await self.call(.authFinish(proof: auth.coordinatorClientProof(clientNonce: mine, coordinatorNonce: theirs))) else {
                         logger.error("coordinator refused the cluster secret")
                         throw CoordinatorUnavailable()
                     }

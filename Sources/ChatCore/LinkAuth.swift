@@ -37,6 +37,25 @@ public struct LinkAuth: Sendable {
         Crypto.hmacSHA256(key: key, Self.transcript("gateway", gateway: gateway, worker: worker, gatewayNonce: gatewayNonce, workerNonce: workerNonce))
     }
 
+    /// Coordinator links: the same shape, over the client's and the coordinator's nonces.
+    static func coordinatorTranscript(_ role: String, clientNonce: [UInt8], coordinatorNonce: [UInt8]) -> [UInt8] {
+        var out = Array("securechat-coordinator v1 \(role)".utf8)
+        for part in [clientNonce, coordinatorNonce] {
+            out += [UInt8(truncatingIfNeeded: part.count >> 8), UInt8(truncatingIfNeeded: part.count)] + part
+        }
+        return out
+    }
+
+    /// What the coordinator sends in `authChallenge`.
+    public func coordinatorProof(clientNonce: [UInt8], coordinatorNonce: [UInt8]) -> [UInt8] {
+        Crypto.hmacSHA256(key: key, Self.coordinatorTranscript("coordinator", clientNonce: clientNonce, coordinatorNonce: coordinatorNonce))
+    }
+
+    /// What a worker or gateway sends in `authFinish`.
+    public func coordinatorClientProof(clientNonce: [UInt8], coordinatorNonce: [UInt8]) -> [UInt8] {
+        Crypto.hmacSHA256(key: key, Self.coordinatorTranscript("client", clientNonce: clientNonce, coordinatorNonce: coordinatorNonce))
+    }
+
     public func verify(_ proof: [UInt8], expected: [UInt8]) -> Bool {
         Crypto.constantTimeEqual(proof, expected)
     }

@@ -45,7 +45,7 @@ final class CoordinatorCore: Sendable {
         var snapshotFor: Channel?
         let response: CoordinatorResponse = state.withLockedValue { s in
             switch request {
-            case .hello:
+            case .authBegin, .authFinish:
                 return .ok
             case let .register(worker, address, connections):
                 events = s.table.register(worker: worker, address: address, connections: connections, now: now)
@@ -206,11 +206,15 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
 
     let core: CoordinatorCore
     private let guardian: PreAuthGuard
+    private let auth: LinkAuth
     private var authenticated: Bool
+    /// Between `authBegin` and `authFinish`: both nonces.
+    private var challenge: (client: [UInt8], mine: [UInt8])?
 
     init(core: CoordinatorCore, guardian: PreAuthGuard) {
         self.core = core
         self.guardian = guardian
+        self.auth = LinkAuth(secret: core.secret)
         self.authenticated = core.secret == nil
     }
 
@@ -220,10 +224,23 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
             return
         }
         var response: CoordinatorResponse
-        if case let .hello(secret) = request {
-            authenticated = core.secret.map { Crypto.constantTimeEqual(Array($0.utf8), Array(secret.utf8)) } ?? true
-            response = authenticated ? .ok : .denied
-            if authenticated { guardian.lift() }
+        if case let .authBegin(nonce) = request {
+            // Without a secret the proof is under an empty key: a client that has one sees it fail.
+            if challenge == nil, nonce.count == LinkFrame.nonceBytes, let mine = try? LinkAuth.nonce() {
+                challenge = (nonce, mine)
+                response = .authChallenge(nonce: mine, proof: auth.coordinatorProof(clientNonce: nonce, coordinatorNonce: mine))
+            } else {
+                response = .denied
+            }
+        } else if case let .authFinish(proof) = request {
+            if let c = challenge, auth.verify(proof, expected: auth.coordinatorClientProof(clientNonce: c.client, coordinatorNonce: c.mine)) {
+                authenticated = true
+                guardian.lift()
+                response = .ok
+            } else {
+                response = .denied
+            }
+            challenge = nil
         } else if !authenticated {
             response = .denied
         } else {

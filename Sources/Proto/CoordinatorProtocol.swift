@@ -39,8 +39,12 @@ public struct WorkerInfo: Codable, Hashable, Sendable {
 
 /// A request to the coordinator (from a worker or a gateway).
 public enum CoordinatorRequest: Codable, Equatable, Sendable {
-    /// First frame of every link when a cluster secret is configured.
-    case hello(secret: String)
+    /// First frame of every link when a cluster secret is configured: the client's fresh
+    /// nonce. The coordinator answers `authChallenge` with its own nonce and its proof.
+    case authBegin(nonce: [UInt8])
+    /// The client's proof over both nonces; answered `ok`, or `denied` and the link closed.
+    /// The secret itself never crosses the link.
+    case authFinish(proof: [UInt8])
     /// A worker announces itself with every connection it holds (also after a coordinator restart).
     case register(worker: String, address: String, connections: [ConnectionInfo])
     /// A worker renews its lease.
@@ -72,6 +76,8 @@ public enum CoordinatorResponse: Codable, Equatable, Sendable {
     case route(worker: String, address: String)
     case noWorker
     case rate(allowed: Bool, retryAfterMs: Int)
+    /// The coordinator's nonce and its proof that it holds the secret.
+    case authChallenge(nonce: [UInt8], proof: [UInt8])
     case status(workers: Int, online: Int)
     case workers([WorkerInfo])
     case failure(String)

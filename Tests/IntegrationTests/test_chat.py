@@ -302,3 +302,23 @@ def test_sync_is_charged_to_its_own_limit(make_deployment):
         await c.close()
 
     run(scenario())
+
+
+def test_a_deployment_with_a_cluster_secret_authenticates_every_link(make_deployment):
+    d = make_deployment(extra_args=["--cluster-secret", "a-cluster-secret-for-this-test"])
+    alice, bob = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        b = await Client.connect(d, bob)
+        await a.wait_for(lambda f: f["type"] == "presence" and f["user"] == "bob" and f.get("online", True))   # via the coordinator
+        ack = await a.send_text("over authenticated links")
+        got = await b.wait_for(lambda f: f["type"] == "message")
+        assert got["id"] == ack["id"]
+        await a.close()
+        await b.close()
+
+    run(scenario())
+    log = d.log_text()
+    assert "refused" not in log and "did not prove" not in log
+    assert "a-cluster-secret-for-this-test" not in log

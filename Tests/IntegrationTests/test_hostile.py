@@ -2,6 +2,8 @@
 traffic must get its 4xx, error or close code, never a crash, and the service
 must stay healthy for everyone else."""
 import base64
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -306,21 +308,49 @@ def test_coordinator_links_prove_the_secret_small_and_soon():
         # Connected and silent: closed after the 5 s allowed for a hello.
         quiet = socket.create_connection(("127.0.0.1", port))
         assert _closed_by_peer(quiet, 15)
-        # A wrong secret is denied and closed.
-        wrong = socket.create_connection(("127.0.0.1", port))
-        wrong.sendall(_frame({"request": {"id": 1, "_1": {"hello": {"secret": "nope"}}}}))
-        assert _closed_by_peer(wrong, 5)
-        # The right one is answered ok, and requests after it are served.
-        good = socket.create_connection(("127.0.0.1", port), timeout=5)
-        good.sendall(_frame({"request": {"id": 1, "_1": {"hello": {"secret": "a-secret-for-this-test"}}}}))
-        good.sendall(_frame({"request": {"id": 2, "_1": {"status": {}}}}))
-        data = b""
-        while data.count(b'"response"') < 2:
-            chunk = good.recv(65536)
-            assert chunk, data
-            data += chunk
-        assert b'"ok"' in data and b'"status"' in data
-        good.close()
+        # The secret never crosses: a challenge-response over both sides' nonces.
+        def transcript(role, client_nonce, coordinator_nonce):
+            out = ("securechat-coordinator v1 %s" % role).encode()
+            for part in (client_nonce, coordinator_nonce):
+                out += len(part).to_bytes(2, "big") + part
+            return out
+
+        def responses(sock, n):
+            data = b""
+            while data.count(b'"response"') < n:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+            out, rest = [], data
+            while len(out) < n:
+                size = struct.unpack(">I", rest[:4])[0]
+                out.append(json.loads(rest[4:4 + size]))
+                rest = rest[4 + size:]
+            return out
+
+        for secret, accepted in (("a-wrong-secret", False), ("a-secret-for-this-test", True)):
+            link = socket.create_connection(("127.0.0.1", port), timeout=5)
+            mine = os.urandom(16)
+            link.sendall(_frame({"request": {"id": 1, "_1": {"authBegin": {"nonce": list(mine)}}}}))
+            challenge = responses(link, 1)[0]["response"]["_1"]["authChallenge"]
+            theirs, proof = bytes(challenge["nonce"]), bytes(challenge["proof"])
+            # The coordinator proved it holds the secret (checked with the right one only).
+            expected = hmac.new(b"a-secret-for-this-test", transcript("coordinator", mine, theirs), hashlib.sha256).digest()
+            assert proof == expected
+            ours = hmac.new(secret.encode(), transcript("client", mine, theirs), hashlib.sha256).digest()
+            link.sendall(_frame({"request": {"id": 2, "_1": {"authFinish": {"proof": list(ours)}}}}))
+            if not accepted:
+                assert _closed_by_peer(link, 5)
+                continue
+            link.sendall(_frame({"request": {"id": 3, "_1": {"status": {}}}}))
+            answers = responses(link, 2)
+            assert "ok" in answers[0]["response"]["_1"] and "status" in answers[1]["response"]["_1"]
+            link.close()
+        # A replayed proof for another nonce pair is refused.
+        replay = socket.create_connection(("127.0.0.1", port), timeout=5)
+        replay.sendall(_frame({"request": {"id": 1, "_1": {"authFinish": {"proof": list(ours)}}}}))
+        assert _closed_by_peer(replay, 5)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
