@@ -1,8 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies are kept to the SwiftNIO family, swift-log and
-// swift-service-lifecycle: every addition costs every clean CI build.
+// Dependencies are kept to the SwiftNIO family, swift-log, swift-service-lifecycle and
+// swift-metrics with its Prometheus backend (operators' metrics; swift-metrics is small and
+// swift-prometheus adds only swift-atomics, which NIO already brings): every addition costs
+// every clean CI build.
 let package = Package(
     name: "SecureChat",
     platforms: [.macOS(.v15)],
@@ -20,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         // Only the load generator uses it: exact latency percentiles.
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
@@ -38,8 +42,11 @@ let package = Package(
                 "Proto", "CHiredis", "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .executableTarget(
@@ -60,11 +67,12 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
             ]
         ),
         .executableTarget(
             name: "Launcher",
-            dependencies: ["ChatCore", .product(name: "UnixSignals", package: "swift-service-lifecycle")]
+            dependencies: ["ChatCore", "Proto", .product(name: "UnixSignals", package: "swift-service-lifecycle")]
         ),
         .executableTarget(
             name: "Bench",

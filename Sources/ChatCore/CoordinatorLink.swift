@@ -147,6 +147,10 @@ public final class CoordinatorLink: Service, Sendable {
     public func callFuture(_ request: CoordinatorRequest) -> EventLoopFuture<CoordinatorResponse> {
         guard let ch = channel.withLockedValue({ $0 }) else { return group.any().makeFailedFuture(CoordinatorUnavailable()) }
         let promise = ch.eventLoop.makePromise(of: CoordinatorResponse.self)
+        let started = NIODeadline.now()
+        promise.futureResult.whenSuccess { _ in
+            Telemetry.coordinatorRoundTrip.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
+        }
         ch.writeAndFlush((request, promise)).whenFailure { _ in promise.fail(CoordinatorUnavailable()) }
         return promise.futureResult
     }

@@ -36,6 +36,8 @@ public enum ProcessSupport {
       --login-user-per-minute N, --login-address-per-minute N   failed-login limits (default 5, 20)
       --log-level L              trace, debug, info, notice, warning, error, critical (default info)
       --parent-pid PID           exit when this process is gone (set by the launcher)
+      --metrics-listen HOST:PORT serve Prometheus metrics at http://HOST:PORT/metrics (default: none;
+                                 the launcher gives each child one on 127.0.0.1)
       --help, -h                 this text
     Every flag: README.md, section Configuration.
     """

@@ -104,6 +104,7 @@ public struct Reconnector: Sendable {
         case .lost?:
             logger.warning("\(what) connection lost", metadata: [what: "\(endpoint)"])
         case .reconnected?:
+            Telemetry.linkReconnects(what).increment()
             logger.info("\(what) reconnected", metadata: [what: "\(endpoint)"])
         case nil:
             break

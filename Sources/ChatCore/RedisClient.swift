@@ -139,7 +139,11 @@ public final class RedisClient: Service, Sendable {
             promise.fail(RedisError.timeout)
             ch.close(promise: nil)
         }
-        promise.futureResult.whenComplete { _ in timeout.cancel() }
+        let started = NIODeadline.now()
+        promise.futureResult.whenComplete { _ in
+            timeout.cancel()
+            Telemetry.redisRoundTrip.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
+        }
         ch.writeAndFlush((args, promise)).whenFailure { _ in promise.fail(RedisError.unavailable) }
         return promise.futureResult
     }

@@ -18,6 +18,7 @@ enum CoordinatorMain {
     static func main() async {
         let options = Options()
         ProcessSupport.helpIfAsked(options, help)
+        Telemetry.bootstrap()
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.coordinator")
         let endpoint: Endpoint
         let limits: RateLimits
@@ -38,6 +39,11 @@ enum CoordinatorMain {
         let core = CoordinatorCore(limits: limits, leaseDuration: lease, settle: settle, secret: options.string("cluster-secret"), logger: logger,
                                    maxSocketsPerUser: maxSockets)
         var services: [any Service] = [CoordinatorService(endpoint: endpoint, core: core, group: group, logger: logger)]
+        do {
+            if let metrics = try MetricsService(options: options, group: group, logger: logger) { services.append(metrics) }
+        } catch {
+            ProcessSupport.fail("\(error)")
+        }
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {

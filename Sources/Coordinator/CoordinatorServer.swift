@@ -77,6 +77,7 @@ final class CoordinatorCore: Sendable {
                 return .route(worker: r.id, address: r.address)
             case let .rateCheck(kind, key, consume):
                 let d = s.limiter.check(kind: kind, key: key, now: now, consume: consume)
+                Telemetry.rateChecks(kind.rawValue, allowed: d.allowed).increment()
                 return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
             case let .rateRefund(kind, key):
                 s.limiter.refund(kind: kind, key: key, now: now)
@@ -106,6 +107,8 @@ final class CoordinatorCore: Sendable {
         let now = Self.now()
         let (expired, events) = state.withLockedValue { s in
             let r = s.table.expire(now: now)
+            Telemetry.usersOnline.record(s.table.presence.counts.count)
+            Telemetry.workersLive.record(s.table.liveWorkerCount)
             for id in r.expired { s.workerLinks.removeValue(forKey: id) }
             if s.limiter.keyCount > 100_000 { s.limiter.prune(now: now) }
             return r

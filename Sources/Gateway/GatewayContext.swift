@@ -53,15 +53,18 @@ final class LoginGate: Sendable {
 
     /// Takes a place, if one is free.
     func enter() -> Bool {
-        inFlight.withLockedValue { n in
+        let entered = inFlight.withLockedValue { n in
             guard n < limit else { return false }
             n += 1
             return true
         }
+        if entered { Telemetry.passwordChecksInFlight.increment() }
+        return entered
     }
 
     func leave() {
         inFlight.withLockedValue { $0 -= 1 }
+        Telemetry.passwordChecksInFlight.decrement()
     }
 }
 

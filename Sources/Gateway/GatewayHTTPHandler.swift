@@ -4,6 +4,8 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import Proto
 
 /// One client's HTTP/1.1 requests: pages, assets, the JSON API, and the
@@ -62,12 +64,14 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is NIOSSLError || error is BoringSSLError { Telemetry.tlsHandshakes("failed").increment() }
         context.close(promise: nil)
     }
 
     func markHandingOff() { handingOff = true }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls { Telemetry.tlsHandshakes("ok").increment() }
         // Idle connections and slow senders (slowloris) are reclaimed.
         if event is IdleStateHandler.IdleStateEvent, !handingOff {
             context.close(promise: nil)
@@ -173,6 +177,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         Self.performLogin(ctx: ctx, username: username, password: password, address: address,
                           oldSession: oldSession, channel: context.channel, loop: loop).whenComplete { result in
             let (h, context) = bound.value
+            Telemetry.logins(Self.outcomeName(result)).increment()
             switch result {
             case let .success(.ok(sid)):
                 var headers = HTTPHeaders()
@@ -191,6 +196,16 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .failure:
                 h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
             }
+        }
+    }
+
+    static func outcomeName(_ result: Result<LoginOutcome, Error>) -> String {
+        switch result {
+        case .success(.ok): return "ok"
+        case .success(.invalid): return "invalid"
+        case .success(.limited): return "limited"
+        case .success(.busy): return "busy"
+        case .failure: return "unavailable"
         }
     }
 

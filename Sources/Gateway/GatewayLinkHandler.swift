@@ -112,6 +112,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(.proof(auth.gatewayProof(gateway: gatewayID, worker: workerID,
                                                                            gatewayNonce: nonce, workerNonce: workerNonce))), promise: nil)
             state = .ready
+            Telemetry.workerLinksOpened.increment()
             logger.debug("worker link up")
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
             pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: Self.pingInterval, delay: Self.pingInterval) { _ in

@@ -38,6 +38,7 @@ enum GatewayMain {
     static func main() async {
         let options = Options()
         ProcessSupport.helpIfAsked(options, help)
+        Telemetry.bootstrap()
         let logger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.gateway")
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
@@ -117,6 +118,11 @@ enum GatewayMain {
                            metadata: ["users": "\(users.demoAccounts.joined(separator: ","))"])
         }
         var services: [any Service] = [redis, coordinator, directory, CredentialSync(users: users, sessions: ctx.sessions, logger: logger), GatewayService(host: host, port: port, tls: tls, ctx: ctx, group: group, logger: logger)]
+        do {
+            if let metrics = try MetricsService(options: options, group: group, logger: logger) { services.append(metrics) }
+        } catch {
+            ProcessSupport.fail("\(error)")
+        }
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {

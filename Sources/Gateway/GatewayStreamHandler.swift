@@ -107,6 +107,14 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     private var keepalive: StreamKeepalive?
     private var closing = false
     private var fragments: ByteBuffer?
+    /// Counted in `securechat_client_streams_open` (once, until it ends).
+    private var counted = false
+
+    private func uncount() {
+        guard counted else { return }
+        counted = false
+        Telemetry.clientStreams.decrement()
+    }
 
     init(limits: StreamLimits, logger: Logger) {
         self.limits = limits
@@ -116,6 +124,10 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     /// Attaches the stream to its worker link (on this event loop); false if the link cannot take it.
     func attach(to link: GatewayLinkHandler, user: String, sessionHash: String, address: String) -> Bool {
         guard let id = link.open(self, user: user, sessionHash: sessionHash, address: address) else { return false }
+        if !counted {
+            counted = true
+            Telemetry.clientStreams.increment()
+        }
         self.link = link
         self.streamID = id
         workerID = link.workerID
@@ -136,6 +148,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
 
     /// The upgrade could not install the handler: undo the attach.
     func detach() {
+        uncount()
         keepalive?.remove(self)
         link?.clientClosed(streamID)
         link = nil
@@ -147,6 +160,7 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        uncount()
         keepalive?.remove(self)
         outgoing.removeAll()
         outgoingBytes = 0
@@ -241,12 +255,15 @@ final class GatewayStreamHandler: ChannelInboundHandler {
     /// bytes) is closed with 4008: it reconnects and `sync`s.
     func sendFramed(_ frame: ByteBuffer) {
         guard let context, !closing else { return }
+        Telemetry.deliveries.increment()
+        Telemetry.deliveredBytes.increment(by: frame.readableBytes)
         if outgoing.isEmpty && context.channel.isWritable {
             gather(frame, context: context)
             needsFlush = true
             return
         }
         guard outgoing.count < limits.maxQueuedFrames, outgoingBytes + frame.readableBytes <= limits.maxQueuedBytes else {
+            Telemetry.slowClientCloses.increment()
             logger.info("client too slow; closing", metadata: ["queued": "\(outgoing.count)", "queued.bytes": "\(outgoingBytes)", "worker.id": "\(workerID)"])
             outgoing.removeAll()
             outgoingBytes = 0

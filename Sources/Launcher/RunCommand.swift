@@ -1,4 +1,5 @@
 import ChatCore
+import Proto
 import Foundation
 import Logging
 import UnixSignals
@@ -15,6 +16,23 @@ struct RunCommand {
         "max-queued-frames", "request-timeout-seconds", "ping-seconds", "max-queued-bytes", "flush-coalesce-ms",
         "event-loops", "max-logins-in-flight", "worker-header", "proxy-protocol",
     ]
+
+    /// A port of 127.0.0.1 free just now (the kernel's pick; the child binds it a moment later).
+    static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Options.Invalid("cannot open a socket for a metrics port") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard bound else { throw Options.Invalid("cannot find a free port for metrics") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
 
     func execute() async throws {
         try options.refuseUnknown(Self.flags, positionalLimit: 1)
@@ -73,7 +91,22 @@ struct RunCommand {
         for name in ["lease-seconds", "max-sockets-per-user"] {
             if let v = options.string(name) { coordinatorArgs += ["--\(name)", v] }
         }
-        children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs))
+        // Each child serves its metrics on its own port of 127.0.0.1 (never the public one).
+        var metrics: [(child: String, url: String)] = []
+        var taken: Set<Int> = [port]
+        func metricsArgs(_ child: String) throws -> [String] {
+            // Never the public port, never one already handed to another child.
+            var port = try Self.freeLoopbackPort()
+            var tries = 0
+            while taken.contains(port) && tries < 20 {
+                port = try Self.freeLoopbackPort()
+                tries += 1
+            }
+            taken.insert(port)
+            metrics.append((child, "http://127.0.0.1:\(port)/metrics"))
+            return ["--metrics-listen", "127.0.0.1:\(port)"]
+        }
+        children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs + (try metricsArgs("coordinator"))))
         // Workers on one machine share its cores: one event loop each per core they can have,
         // not one per core each (threads that outnumber cores only wake one another).
         let workerLoops = try options.int("worker-event-loops", default: max(1, ProcessInfo.processInfo.activeProcessorCount / workers))
@@ -83,7 +116,7 @@ struct RunCommand {
             for name in ["history", "history-max", "max-queued-frames"] {
                 if let v = options.string(name) { args += ["--\(name)", v] }
             }
-            children.append(Child(name: "worker-\(i)", executable: bin + "/securechat-worker", arguments: args))
+            children.append(Child(name: "worker-\(i)", executable: bin + "/securechat-worker", arguments: args + (try metricsArgs("worker-\(i)"))))
         }
         var gatewayArgs = common + ["--port", String(port), "--host", options.string("host", default: "0.0.0.0"),
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
@@ -94,8 +127,13 @@ struct RunCommand {
         }
         let gateways = try options.int("gateways", default: 1)
         for i in 1...max(1, gateways) {
-            children.append(Child(name: gateways > 1 ? "gateway-\(i)" : "gateway", executable: bin + "/securechat-gateway", arguments: gatewayArgs))
+            let name = gateways > 1 ? "gateway-\(i)" : "gateway"
+            children.append(Child(name: name, executable: bin + "/securechat-gateway", arguments: gatewayArgs + (try metricsArgs(name))))
         }
+        // Where to scrape: in the log, and in <state-dir>/metrics.json for tools.
+        for m in metrics { logger.info("metrics", metadata: ["child": "\(m.child)", "url": "\(m.url)"]) }
+        let listing = "{" + metrics.map { "\(JSONText.string($0.child)): \(JSONText.string($0.url))" }.joined(separator: ", ") + "}\n"
+        try Data(listing.utf8).write(to: URL(fileURLWithPath: stateDir + "/metrics.json"))
 
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         for child in children {

@@ -140,6 +140,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             let info = ConnectionInfo(id: "\(ctx.workerID).\(UInt64.random(in: 0...UInt64.max))", user: user)
             let machine = Machine(nowMs: SessionStore.nowMs(), idleMs: Int64(ctx.sessions.idleSeconds) * 1000, maxHeld: ctx.maxHeldFrames)
             streams[stream] = Stream(machine: machine, info: info, sessionHash: hash)
+            Telemetry.workerStreams.increment()
             ctx.hub.add(Hub.Entry(info: info, sessionHash: hash, stream: stream, link: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop))
             logger.debug("stream opened", metadata: ["connection.id": "\(info.id)", "user": "\(user)", "client.address": "\(address)"])
             event(stream) { $0.opened() }
@@ -200,7 +201,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     }
 
     private func forget(_ id: UInt32, _ stream: Stream) {
-        streams.removeValue(forKey: id)
+        if streams.removeValue(forKey: id) != nil { Telemetry.workerStreams.decrement() }
         ctx.hub.remove(stream.info.id)
         logger.debug("stream closed", metadata: ["connection.id": "\(stream.info.id)"])
     }
@@ -261,11 +262,11 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     func recheckSessions() {
         guard let bound, let loop = context?.eventLoop else { return }
         for (id, stream) in streams where stream.machine.sessionEndsAt != nil {
-            let user = stream.info.user
+            let user = stream.info.user, connectionID = stream.info.id
             ctx.sessions.lookup(hash: stream.sessionHash, on: loop).whenSuccess { session in
                 guard session?.user != user else { return }
                 let h = bound.value
-                h.logger.info("session gone while the subscription was down; closing", metadata: ["connection.id": "\(stream.info.id)"])
+                h.logger.info("session gone while the subscription was down; closing", metadata: ["connection.id": "\(connectionID)"])
                 h.event(id) { $0.sessionLost() }
                 h.flushIfNeeded()
             }
@@ -331,6 +332,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         case let .success(.send(body, ref, room)):
             ctx.limiter.check(.message, key: info.user, on: loop).flatMap { decision -> EventLoopFuture<ServerFrame> in
                 guard decision.allowed else {
+                    Telemetry.rateLimited("message").increment()
                     let limited = ServerFrame.error(code: "rate_limited", message: "sending too fast", ref: ref,
                                                     retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up))))
                     // A retry of a stored message is answered, not limited: the client only lost its ack.
@@ -340,7 +342,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                         .flatMapErrorThrowing { _ in limited }
                 }
                 return ctx.store.append(room: room, from: info.user, text: body, ref: ref, on: loop)
-                    .map { id, _ in ServerFrame.ack(ref: ref, id: id) }
+                    .map { id, new in
+                        if new { Telemetry.messagesStored.increment() }
+                        return ServerFrame.ack(ref: ref, id: id)
+                    }
                     .flatMapErrorThrowing { error in
                         ctx.logger.warning("message not stored", metadata: ["error": "\(error)", "user": "\(info.user)"])
                         return .error(code: "unavailable", message: "temporarily unavailable; retry with the same ref", ref: ref, retryAfterMs: 1000)
@@ -355,6 +360,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             ctx.limiter.check(.sync, key: info.user, on: loop).whenSuccess { decision in
                 let h = bound.value
                 guard decision.allowed else {
+                    Telemetry.rateLimited("sync").increment()
                     h.reply(id, .error(code: "rate_limited", message: "syncing too often", ref: nil,
                                        retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up)))))
                     h.done(id)
@@ -398,7 +404,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             case .held, .skip: break
             }
         }
-        if !targets.isEmpty { write(.deliver(payload: frame.payload, streams: targets)) }
+        if !targets.isEmpty {
+            Telemetry.workerDeliveries.increment(by: targets.count)
+            write(.deliver(payload: frame.payload, streams: targets))
+        }
         for id in slow { event(id) { $0.close(4008) } }
         flushIfNeeded()
     }

@@ -28,6 +28,7 @@ enum WorkerMain {
     static func main() async {
         let options = Options()
         ProcessSupport.helpIfAsked(options, help)
+        Telemetry.bootstrap()
         let baseLogger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.worker")
         let stateDir = options.string("state-dir", default: ".state")
         let workerID = options.string("id", default: "worker-\(getpid())")
@@ -114,6 +115,11 @@ enum WorkerMain {
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
             WorkerService(listen: listen, ctx: ctx, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]
+        do {
+            if let metrics = try MetricsService(options: options, group: group, logger: logger) { services.append(metrics) }
+        } catch {
+            ProcessSupport.fail("\(error)")
+        }
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {

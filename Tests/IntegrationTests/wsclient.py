@@ -1,9 +1,14 @@
 """A small TLS WebSocket client for the tests (the `websockets` library)."""
 import asyncio
+import itertools
+import os
 import json
 
 import websockets
 
+
+_RUN = os.urandom(4).hex()
+_REFS = itertools.count()
 
 class Client:
     def __init__(self, ws):
@@ -54,7 +59,9 @@ class Client:
 
     async def send_text(self, text, ref=None):
         """Sends a chat message and returns the ack or error for its ref."""
-        ref = ref or "r-%d" % id(text)
+        # Unique per call: a ref the server saw from this user in the last 180 s is answered with
+        # the first message's ack, not stored again (id(text) was reused by equal-length strings).
+        ref = ref or "r-%s-%d" % (_RUN, next(_REFS))
         await self.send({"type": "send", "text": text, "ref": ref})
         return await self.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("ref") == ref)
 
