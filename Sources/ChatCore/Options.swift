@@ -40,7 +40,7 @@ public struct Options: Sendable {
 
     /// Flags every server process takes (the launcher passes them all to each child).
     public static let common: Set<String> = [
-        "help", "log-level", "parent-pid", "metrics-listen", "state-dir", "redis-url", "redis-password", "coordinator", "cluster-secret",
+        "help", "log-level", "parent-pid", "metrics-listen", "state-dir", "redis-url", "redis-password", "redis-user", "redis-tls-ca", "coordinator", "cluster-secret",
         "session-idle-seconds", "session-max-seconds",
         "msg-burst", "msg-per-second", "login-user-per-minute", "login-name-per-minute", "login-address-per-minute",
         "sync-burst", "sync-per-second",
@@ -109,7 +109,7 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     /// Parses `unix:/path`, `unix:///path`, `/path`, `redis://host:port`, `tcp://host:port` or `host:port`.
     public init(parsing text: String) throws {
         var s = text
-        for scheme in ["redis://", "tcp://"] where s.hasPrefix(scheme) {
+        for scheme in ["redis://", "rediss://", "tcp://"] where s.hasPrefix(scheme) {
             s.removeFirst(scheme.count)
             if let slash = s.firstIndex(of: "/") { s = String(s[..<slash]) }
         }

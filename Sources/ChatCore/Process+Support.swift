@@ -29,7 +29,10 @@ public enum ProcessSupport {
     Common flags (each also read from SECURECHAT_<NAME>, e.g. --redis-url as SECURECHAT_REDIS_URL):
       --state-dir DIR            sockets, Redis data, certificate (default .state)
       --redis-url URL            redis://host:port, unix:///path or /path (default <state-dir>/redis.sock)
-      --redis-password PW        AUTH for an external Redis (prefer the environment)
+      --redis-user NAME, --redis-password PW   AUTH for an external Redis: an ACL user (Redis 6+) and
+                                 its password (prefer the environment for the password)
+      --redis-tls-ca PEM         TLS to Redis, its certificate checked against this CA (rediss:// URLs
+                                 use TLS too, with the system's roots unless this is given)
       --coordinator ADDR         coordinator socket path or host:port (default <state-dir>/coordinator.sock)
       --cluster-secret S         secret every internal link proves (prefer the environment)
       --msg-burst N, --msg-per-second R        per-user message limit (default 5, 1)

@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 
 /// Errors from the Redis client. `unavailable` means no connection right now:
@@ -68,6 +69,34 @@ final class RedisCommandHandler: ChannelDuplexHandler {
 }
 
 /// One pipelined connection to Redis that reconnects with backoff for as long
+
+/// TLS to Redis (`rediss://` URLs, or `--redis-tls-ca`): the server's certificate is checked
+/// against the given CA (else the system's roots) and its name against the URL's host.
+public struct RedisTLS: Sendable {
+    public let context: NIOSSLContext
+    public let serverHostname: String?
+
+    /// From `--redis-url` and `--redis-tls-ca`; nil when Redis is reached without TLS.
+    public static func from(options: Options) throws -> RedisTLS? {
+        let url = options.string("redis-url") ?? ""
+        let ca = options.string("redis-tls-ca")
+        guard url.hasPrefix("rediss://") || ca != nil else { return nil }
+        var config = TLSConfiguration.makeClientConfiguration()
+        config.minimumTLSVersion = .tlsv12
+        if let ca { config.trustRoots = .file(ca) }
+        let endpoint = try Endpoint(parsing: url)
+        guard case let .tcp(host, _) = endpoint else { throw Options.Invalid("TLS to Redis needs a host:port --redis-url") }
+        // A name for SNI and the check; an address is checked against the certificate's IP entries.
+        let isAddress = host.allSatisfy { $0.isNumber || $0 == "." } || host.contains(":")
+        return RedisTLS(context: try NIOSSLContext(configuration: config), serverHostname: isAddress ? nil : host)
+    }
+
+    /// The handler that goes first in a Redis connection's pipeline.
+    public func handler() throws -> NIOSSLClientHandler {
+        try NIOSSLClientHandler(context: context, serverHostname: serverHostname)
+    }
+}
+
 /// as it runs. Commands fail fast with `RedisError.unavailable` while it is down.
 public final class RedisClient: Service, Sendable {
     public let endpoint: Endpoint
@@ -75,9 +104,15 @@ public final class RedisClient: Service, Sendable {
     private let logger: Logger
     private let commandTimeout: TimeAmount
     private let password: String?
+    /// The ACL user to `AUTH` as (`--redis-user`); nil: the default user.
+    private let user: String?
+    private let tls: RedisTLS?
     private let channel = NIOLockedValueBox<Channel?>(nil)
 
-    public init(endpoint: Endpoint, password: String? = nil, group: EventLoopGroup, logger: Logger, commandTimeout: TimeAmount = .seconds(5)) {
+    public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, group: EventLoopGroup, logger: Logger,
+                commandTimeout: TimeAmount = .seconds(5)) {
+        self.user = user
+        self.tls = tls
         self.endpoint = endpoint
         self.password = password
         self.group = group
@@ -97,10 +132,11 @@ public final class RedisClient: Service, Sendable {
     }
 
     public func run() async throws {
-        let endpoint = self.endpoint, group = self.group, password = self.password
+        let endpoint = self.endpoint, group = self.group, password = self.password, user = self.user, tls = self.tls
         await Reconnector(what: "redis", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: channel).run(
             connect: {
                 try await Self.connect(endpoint: endpoint, group: group) { ch in
+                    if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RESPDecoder()),
                         MessageToByteHandler(RESPEncoder()),
@@ -110,7 +146,7 @@ public final class RedisClient: Service, Sendable {
             },
             established: { [logger] _ in
                 guard let password else { return }
-                do { try await self.send(["AUTH", password]) } catch {
+                do { try await self.send(RedisClient.authCommand(user: user, password: password)) } catch {
                     logger.error("redis refused the password", metadata: ["redis": "\(endpoint)"])
                     throw error
                 }
@@ -127,6 +163,11 @@ public final class RedisClient: Service, Sendable {
         let value = try await sendFuture(args).get()
         if case let .error(message) = value { throw RedisError.server(message) }
         return value
+    }
+
+    /// `AUTH [user] password`.
+    public static func authCommand(user: String?, password: String) -> [String] {
+        user.map { ["AUTH", $0, password] } ?? ["AUTH", password]
     }
 
     public func sendFuture(_ args: [String]) -> EventLoopFuture<RESPValue> {

@@ -50,17 +50,21 @@ public final class RedisSubscriber: Service, Sendable {
     private let channels: [String]
     private let group: EventLoopGroup
     private let password: String?
+    private let user: String?
+    private let tls: RedisTLS?
     private let logger: Logger
     private let onMessage: @Sendable (String, String) -> Void
     private let onState: @Sendable (Bool) -> Void
     private let current = NIOLockedValueBox<Channel?>(nil)
 
-    public init(endpoint: Endpoint, password: String? = nil, channels: [String], group: EventLoopGroup, logger: Logger,
+    public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, channels: [String], group: EventLoopGroup, logger: Logger,
                 onMessage: @escaping @Sendable (String, String) -> Void,
                 onState: @escaping @Sendable (Bool) -> Void) {
         self.endpoint = endpoint
         self.channels = channels
         self.password = password
+        self.user = user
+        self.tls = tls
         self.group = group
         self.logger = logger
         self.onMessage = onMessage
@@ -70,10 +74,11 @@ public final class RedisSubscriber: Service, Sendable {
     public func run() async throws {
         let channelCount = channels.count, channels = self.channels
         let onState = self.onState, onMessage = self.onMessage, logger = self.logger, endpoint = self.endpoint
-        let group = self.group, password = self.password
+        let group = self.group, password = self.password, user = self.user, tls = self.tls
         await Reconnector(what: "redis subscription", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: current).run(
             connect: {
                 try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
+                    if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RESPDecoder()),
                         MessageToByteHandler(RESPEncoder()),
@@ -89,7 +94,7 @@ public final class RedisSubscriber: Service, Sendable {
             },
             established: { ch in
                 // Replies come back in order: a refused AUTH is read (and closes the link) before SUBSCRIBE's.
-                if let password { ch.write(["AUTH", password], promise: nil) }
+                if let password { ch.write(RedisClient.authCommand(user: user, password: password), promise: nil) }
                 try await ch.writeAndFlush(["SUBSCRIBE"] + channels)
             },
             ended: { onState(false) })

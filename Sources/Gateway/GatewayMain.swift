@@ -92,7 +92,9 @@ enum GatewayMain {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
         let pool = NIOThreadPool(numberOfThreads: max(1, System.coreCount))
         pool.start()
-        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
+        let redisTLS: RedisTLS?
+        do { redisTLS = try RedisTLS.from(options: options) } catch { ProcessSupport.fail("\(error)") }
+        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger)
         let coordinator = CoordinatorLink(endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
         let directory = WorkerDirectory(link: coordinator, logger: logger)
         let gatewayID = options.string("id", default: "gateway-\(getpid())")

@@ -83,7 +83,7 @@ struct RunCommand {
         for name in ["cluster-secret", "redis-password"] {
             if let v = options.string(name) { setenv(Options.environmentName(name), v, 1) }
         }
-        for name in ["session-idle-seconds", "session-max-seconds"] {
+        for name in ["session-idle-seconds", "session-max-seconds", "redis-user", "redis-tls-ca"] {
             if let v = options.string(name) { common += ["--\(name)", v] }
         }
         common += limits.arguments

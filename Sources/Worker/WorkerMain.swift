@@ -63,7 +63,9 @@ enum WorkerMain {
         let logger = log
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
-        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), group: group, logger: logger)
+        let redisTLS: RedisTLS?
+        do { redisTLS = try RedisTLS.from(options: options) } catch { ProcessSupport.fail("\(error)") }
+        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger)
         let hub = Hub(group: group)
         let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })
         let (subscribed, subscribedSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -89,7 +91,7 @@ enum WorkerMain {
         )
         let roomChannel = MessageStore.channel(ChatLimits.lobby)
         let subscriber = RedisSubscriber(
-            endpoint: redisEndpoint, password: options.string("redis-password"), channels: [roomChannel, SessionStore.logoutChannel, SessionStore.credentialsChannel], group: group, logger: logger,
+            endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, channels: [roomChannel, SessionStore.logoutChannel, SessionStore.credentialsChannel], group: group, logger: logger,
             onMessage: { channel, payload in
                 if channel == roomChannel {
                     if let m = ChatMessage(relayPayload: payload, room: ChatLimits.lobby) { hub.deliver(m) }

@@ -403,3 +403,51 @@ def test_a_large_sync_to_a_socket_that_does_not_read_is_bounded_in_bytes(make_de
         await b.close()
 
     run(scenario())
+
+
+def test_an_external_redis_over_tls_with_an_acl_user_and_no_default_user(users_file, tmp_path):
+    import subprocess
+    from conftest import Deployment, free_port
+    # Redis as an operator would run it across hosts: TLS only, the default user off, one ACL
+    # user for SecureChat. The certificate is its own CA here.
+    cert, key = str(tmp_path / "redis-cert.pem"), str(tmp_path / "redis-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", cert,
+                              "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no",
+                              "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+                              "--user", "default", "off",
+                              "--user", "securechat", "on", ">a-redis-password-for-this-test", "~sc:*", "&sc:*",
+                              "+@all", "-@dangerous", "+info"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+        wait_until(listening, 10, what="redis listening")
+        d = Deployment(users_file, extra_args=["--redis-url", "rediss://127.0.0.1:%d" % port, "--redis-tls-ca", cert,
+                                               "--redis-user", "securechat",
+                                               "--redis-password", "a-redis-password-for-this-test"])
+        try:
+            alice, bob = d.login("alice"), d.login("bob")
+
+            async def chat():
+                a = await Client.connect(d, alice)
+                b = await Client.connect(d, bob)
+                ack = await a.send_text("through TLS and an ACL user")
+                assert ack["type"] == "ack"
+                assert (await b.wait_for(lambda f: f["type"] == "message"))["id"] == ack["id"]
+                await a.close()
+                await b.close()
+            run(chat())
+            assert "a-redis-password-for-this-test" not in d.log_text()
+        finally:
+            d.stop()
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
