@@ -140,6 +140,8 @@ final class GatewayLinkHandler: ChannelInboundHandler {
             if let s = streams.removeValue(forKey: id) { s.linkClosed(code: code) }
         case let .flow(id, read):
             streams[id]?.setInputEnabled(read)
+        case let .askRoom(id):
+            streams[id]?.askRoom()
         case .draining:
             draining = true
             logger.info("worker draining")
@@ -147,7 +149,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
             write(.pong(v))
         case .pong:
             break
-        case .hello, .challenge, .proof, .open, .clientText, .clientClosed:
+        case .hello, .challenge, .proof, .open, .clientText, .clientClosed, .room:
             logger.warning("unexpected frame on a worker link; closing")
             context.close(promise: nil)
         }
@@ -197,6 +199,13 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     func clientText(_ id: UInt32, _ payload: ByteBuffer) {
         guard streams[id] != nil else { return }
         write(.clientText(stream: id, payload: payload))
+    }
+
+    /// Tells the worker this client's queue is short again (it paces a replay by it).
+    func streamRoom(_ id: UInt32) {
+        guard streams[id] != nil else { return }
+        write(.room(stream: id))
+        flushIfNeeded()
     }
 
     func clientClosed(_ id: UInt32) {

@@ -275,6 +275,18 @@ final class GatewayStreamHandler: ChannelInboundHandler {
         outgoingBytes += frame.readableBytes
     }
 
+    /// The worker waits to hear that this client's queue is short (a replay's next page).
+    private var roomAsked = false
+
+    /// The worker asks to be told when the queue is short: now, or once it drains.
+    func askRoom() {
+        if outgoingBytes <= limits.maxQueuedBytes / 8 {
+            link?.streamRoom(streamID)
+        } else {
+            roomAsked = true
+        }
+    }
+
     /// The answer to the latest ping while the socket was not writable.
     private var pendingPong: ByteBuffer?
     /// Frames gathered for the next flush; `pendingOwned` once it is our own copy.
@@ -335,6 +347,10 @@ final class GatewayStreamHandler: ChannelInboundHandler {
                 wrote = true
             }
             if wrote { context.flush() }
+            if roomAsked && outgoingBytes <= limits.maxQueuedBytes / 8 {
+                roomAsked = false
+                link?.streamRoom(streamID)
+            }
         }
         context.fireChannelWritabilityChanged()
     }

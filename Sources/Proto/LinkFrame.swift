@@ -26,6 +26,8 @@ public enum LinkFrame: Equatable, Sendable {
     case clientText(stream: UInt32, payload: ByteBuffer)
     /// The client's socket is gone.
     case clientClosed(stream: UInt32)
+    /// Answers `askRoom`: the client's outgoing queue is short again (at once if it was).
+    case room(stream: UInt32)
 
     // Worker → gateway.
     /// One text frame for one stream.
@@ -36,6 +38,9 @@ public enum LinkFrame: Equatable, Sendable {
     case close(stream: UInt32, code: UInt16)
     /// Stop (`false`) or resume (`true`) reading the client: per-stream input backpressure.
     case flow(stream: UInt32, read: Bool)
+    /// After a page of a replay: answer `room` once this client's queue is short, so that a
+    /// replay goes no faster than its reader (one page in flight at most).
+    case askRoom(stream: UInt32)
 
     // Either direction.
     /// Liveness: answered with `pong` carrying the same value.
@@ -53,8 +58,8 @@ extension LinkFrame {
 
     enum Kind: UInt8 {
         case hello = 1, challenge = 2, proof = 3
-        case open = 10, clientText = 11, clientClosed = 12
-        case send = 20, deliver = 21, close = 22, flow = 23
+        case open = 10, clientText = 11, clientClosed = 12, room = 13
+        case send = 20, deliver = 21, close = 22, flow = 23, askRoom = 24
         case ping = 30, pong = 31, draining = 32
     }
 }
@@ -138,6 +143,12 @@ public enum LinkCodec {
             out.writeInteger(LinkFrame.Kind.close.rawValue)
             out.writeInteger(stream)
             out.writeInteger(code)
+        case let .room(stream):
+            out.writeInteger(LinkFrame.Kind.room.rawValue)
+            out.writeInteger(stream)
+        case let .askRoom(stream):
+            out.writeInteger(LinkFrame.Kind.askRoom.rawValue)
+            out.writeInteger(stream)
         case let .flow(stream, read):
             out.writeInteger(LinkFrame.Kind.flow.rawValue)
             out.writeInteger(stream)
@@ -194,6 +205,10 @@ public enum LinkCodec {
             frame = .deliver(payload: p, streams: streams)
         case .close:
             frame = .close(stream: try int(&b), code: try int(&b))
+        case .room:
+            frame = .room(stream: try int(&b))
+        case .askRoom:
+            frame = .askRoom(stream: try int(&b))
         case .flow:
             let stream: UInt32 = try int(&b)
             let flag: UInt8 = try int(&b)

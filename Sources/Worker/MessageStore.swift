@@ -61,18 +61,28 @@ struct MessageStore: Sendable {
 
     /// Every held message after `since`, in order (`each` runs on `eventLoop` for every page),
     /// and whether nothing before them was trimmed away.
+    /// Messages per page of a replay: small enough that one page of the largest messages
+    /// (20 × at most 24 KB of JSON) fits a client's queue with room to spare; the next page
+    /// waits until the gateway says the queue is short again.
+    static let replayPage = 20
+
     func since(_ since: MessageID, room: String, batch: Int = 500, on eventLoop: EventLoop,
+               ready: (@Sendable () -> EventLoopFuture<Void>)? = nil,
                each: @escaping @Sendable ([ChatMessage]) -> Void) -> EventLoopFuture<Bool> {
         let redis = self.redis
-        @Sendable func page(after cursor: MessageID) -> EventLoopFuture<Void> {
-            redis.sendChecked(["XRANGE", Self.streamKey(room), "(\(cursor)", "+", "COUNT", String(batch)], on: eventLoop).flatMap { reply in
+        @Sendable func page(after cursor: MessageID, first: Bool) -> EventLoopFuture<Void> {
+            // Every page after the first waits until the reader has room (`ready`).
+            let go = first ? eventLoop.makeSucceededVoidFuture() : (ready?() ?? eventLoop.makeSucceededVoidFuture())
+            return go.flatMap {
+                redis.sendChecked(["XRANGE", Self.streamKey(room), "(\(cursor)", "+", "COUNT", String(batch)], on: eventLoop)
+            }.flatMap { reply in
                 let messages = Self.messages(from: reply, room: room)
                 if !messages.isEmpty { each(messages) }
                 guard messages.count == batch, let last = messages.last else { return eventLoop.makeSucceededVoidFuture() }
-                return page(after: last.id)
+                return page(after: last.id, first: false)
             }
         }
-        return page(after: since).flatMap {
+        return page(after: since, first: true).flatMap {
             redis.sendChecked(["GET", Self.trimmedKey(room)], on: eventLoop).map { reply in
                 guard let trimmed = reply.string.flatMap(MessageID.init) else { return true }
                 return since >= trimmed

@@ -29,6 +29,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         var machine: Machine
         let info: ConnectionInfo
         let sessionHash: String
+        /// A replay's next page, waiting for the gateway's `room`.
+        var outputWaiters: [EventLoopPromise<Void>] = []
     }
 
     private enum Handshake {
@@ -152,7 +154,13 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             write(.pong(v))
         case .pong:
             break
-        case .hello, .challenge, .proof, .send, .deliver, .close, .flow, .draining:
+        case let .room(stream):
+            // The client's queue is short again: the next page of its replay may go.
+            guard streams[stream] != nil else { return }
+            let waiters = streams[stream]!.outputWaiters
+            streams[stream]!.outputWaiters = []
+            for w in waiters { w.succeed(()) }
+        case .hello, .challenge, .proof, .send, .deliver, .close, .flow, .askRoom, .draining:
             logger.warning("unexpected frame on a gateway link; closing")
             context.close(promise: nil)
         }
@@ -201,7 +209,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     }
 
     private func forget(_ id: UInt32, _ stream: Stream) {
-        if streams.removeValue(forKey: id) != nil { Telemetry.workerStreams.decrement() }
+        if let gone = streams.removeValue(forKey: id) {
+            Telemetry.workerStreams.decrement()
+            for w in gone.outputWaiters { w.fail(StreamGone()) }
+        }
         ctx.hub.remove(stream.info.id)
         logger.debug("stream closed", metadata: ["connection.id": "\(stream.info.id)"])
     }
@@ -371,12 +382,27 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         }
     }
 
+    /// Asks the gateway to say when this stream's client has room again, and completes then;
+    /// fails if the stream goes away meanwhile. Frames are ordered on the link, so the answer
+    /// comes after the gateway has queued the page sent before.
+    private func outputReady(_ id: UInt32, on loop: EventLoop) -> EventLoopFuture<Void> {
+        guard streams[id] != nil else { return loop.makeFailedFuture(StreamGone()) }
+        let p = loop.makePromise(of: Void.self)
+        streams[id]!.outputWaiters.append(p)
+        write(.askRoom(stream: id))
+        flushIfNeeded()
+        return p.futureResult
+    }
+
     private func replay(since: MessageID, room: String, stream id: UInt32) {
         guard let bound, let loop = context?.eventLoop else { return }
         event(id) { $0.replayBegan(); return [] }
-        ctx.store.since(since, room: room, on: loop) { page in
+        // Paced by the reader: each page waits until the gateway has room for this client, so
+        // a large sync to a slow (but reading) client is not cut off with 4008.
+        ctx.store.since(since, room: room, batch: MessageStore.replayPage, on: loop, ready: { bound.value.outputReady(id, on: loop) }) { page in
             let h = bound.value
             h.event(id) { $0.replayed(page.map { (id: $0.id, payload: ByteBuffer(string: $0.json)) }) }
+            h.flushIfNeeded()
         }.whenComplete { result in
             let h = bound.value
             switch result {
@@ -448,3 +474,6 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         context.flush()
     }
 }
+
+/// A stream that ended while something waited for it.
+struct StreamGone: Error {}

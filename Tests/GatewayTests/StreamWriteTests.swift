@@ -63,6 +63,20 @@ final class StreamWriteTests: XCTestCase {
         XCTAssertEqual(ping.getInteger(at: 0, as: UInt8.self), 0x89, "a ping frame, after the message")
     }
 
+    func testTheQueueIsBoundedInBytesAsWellAsFrames() throws {
+        let handler = GatewayStreamHandler(limits: StreamLimits(maxQueuedFrames: 1024, maxQueuedBytes: 65536, pingInterval: .seconds(30)),
+                                           logger: Logger(label: "test"))
+        let channel = EmbeddedChannel(handler: handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        channel.isWritable = false
+        let big = text(String(repeating: "b", count: 8000))
+        for _ in 0..<8 { handler.sendFramed(big) }   // 64 KB: still within the bound
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self))
+        handler.sendFramed(big)                      // the ninth passes 64 KiB, far below 1024 frames
+        let close = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self))
+        XCTAssertEqual(close.getInteger(at: 2, as: UInt16.self), 4008)
+    }
+
     func testAClientThatDoesNotReadIsClosedWith4008() throws {
         let (channel, handler) = try stream()
         channel.isWritable = false

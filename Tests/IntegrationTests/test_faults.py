@@ -354,53 +354,52 @@ def test_logout_while_a_workers_subscription_is_down_still_closes_the_socket(mak
     run(scenario())
 
 
-def test_a_large_sync_to_a_socket_that_does_not_read_is_bounded_in_bytes(make_deployment):
+def test_a_large_sync_is_paced_by_its_reader(make_deployment):
     d = make_deployment(extra_args=["--msg-burst", "100000", "--msg-per-second", "100000"])
-    alice, bob, slow = d.login("alice"), d.login("bob"), d.login("carol")
-    # 1,000 messages of 2,000 four-byte characters: 8 MB of history, 8 times the queue's bytes
-    # (1 MiB) plus more than the kernel's socket buffers hold.
+    alice, bob, carol = d.login("alice"), d.login("bob"), d.login("carol")
+    # 1,000 messages of 2,000 four-byte characters: 8 MB of history, 8 times a client's queue
+    # (1 MiB) plus more than the kernel's socket buffers hold. Before the replay was paced,
+    # a client that did not keep up with it was cut off with 4008, and again at its next sync.
     count, text = 1000, "\U0001F600" * 2000
 
     async def scenario():
         a = await Client.connect(d, alice)
-        # The sender reads while it sends (its own queue is small too).
+        # The sender reads while it sends (its own queue is bounded too).
         last_ack = asyncio.create_task(a.wait_for(lambda f: f["type"] == "ack" and f.get("ref") == "big%d" % (count - 1),
                                                   timeout=60))
         for i in range(count):
             await a.send({"type": "send", "text": text, "ref": "big%d" % i})
         await last_ack
-        acks = {f["ref"]: f["id"] for f in a.pending if f["type"] == "ack"}
-        since = acks["big%d" % (count - 21)]
-        # A socket that asks for all of it and never reads: cut off with 4008 once its queue
-        # holds 1 MiB, about 130 frames (the frame bound, 1024, is not what cuts it).
-        sock = socket.create_connection(("127.0.0.1", d.port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        lazy = await websockets.connect("wss://127.0.0.1:%d/ws" % d.port, sock=sock, ssl=d.ssl_context(),
-                                        server_hostname="127.0.0.1", max_queue=1, ping_interval=None, max_size=2 ** 22,
-                                        additional_headers={"Cookie": "__Host-sc_session=" + slow.cookies["__Host-sc_session"]})
-        await lazy.send(json.dumps({"type": "sync", "since": "0-0"}))
-        wait_until(lambda: "client too slow; closing" in d.log_text(), 30, what="the lazy socket cut off")
-        code = None
-        try:
+
+        async def reader(session):
+            sock = socket.create_connection(("127.0.0.1", d.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            return await websockets.connect("wss://127.0.0.1:%d/ws" % d.port, sock=sock, ssl=d.ssl_context(),
+                                            server_hostname="127.0.0.1", max_queue=1, ping_interval=None, max_size=2 ** 22,
+                                            additional_headers={"Cookie": "__Host-sc_session=" + session.cookies["__Host-sc_session"]})
+
+        async def replay(ws, pause_first, per_message):
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            await ws.send(json.dumps({"type": "sync", "since": "0-0"}))
+            await asyncio.sleep(pause_first)
+            replayed = 0
             while True:
-                await asyncio.wait_for(lazy.recv(), 15)
-        except websockets.ConnectionClosed as e:
-            code = e.rcvd.code if e.rcvd else None
-        assert code == 4008
-        # A reader that reads gets its replay (the last 20 messages, 160 KB: under the bound,
-        # since a replay is not paced by the reader yet; docs/security.md).
-        b = await Client.connect(d, bob)
-        await b.send({"type": "sync", "since": since})
-        replayed = 0
-        while True:
-            f = await b.next_frame(timeout=30)
-            if f["type"] == "synced":
-                break
-            if f["type"] == "message" and f["text"] == text:
-                replayed += 1
-        assert replayed == 20
+                f = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if f["type"] == "synced":
+                    return replayed
+                if f["type"] == "message" and f["text"] == text:
+                    replayed += 1
+                    await asyncio.sleep(per_message)
+
+        # One asks for all of it and reads nothing for 3 s; one reads it at about 3 MB/s, far
+        # slower than the replay could go. Both get every message, and nobody is cut off.
+        lazy, slow = await reader(carol), await reader(bob)
+        got = await asyncio.gather(replay(lazy, 3, 0), replay(slow, 0, 0.003))
+        assert got == [count, count]
+        assert "client too slow; closing" not in d.log_text()
+        await lazy.close()
+        await slow.close()
         await a.close()
-        await b.close()
 
     run(scenario())
 

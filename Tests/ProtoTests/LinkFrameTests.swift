@@ -23,7 +23,7 @@ import Testing
         .close(stream: 5, code: 4008),
         .flow(stream: 6, read: false),
         .flow(stream: 6, read: true),
-        .ping(42), .pong(.max), .draining,
+        .ping(42), .pong(.max), .draining, .room(stream: 9), .askRoom(stream: .max),
     ]
 
     @Test func everyFrameRoundTrips() throws {
