@@ -189,6 +189,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 var headers = HTTPHeaders()
                 headers.add(name: "Retry-After", value: String(seconds))
                 h.respondJSON(context, .tooManyRequests, ["ok": false, "error": "rate_limited", "retry_after": seconds], extra: headers)
+            case .success(.abandoned):
+                context.close(promise: nil)
             case .success(.busy):
                 var headers = HTTPHeaders()
                 headers.add(name: "Retry-After", value: "1")
@@ -205,6 +207,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .success(.invalid): return "invalid"
         case .success(.limited): return "limited"
         case .success(.busy): return "busy"
+        case .success(.abandoned): return "abandoned"
         case .failure: return "unavailable"
         }
     }
@@ -215,6 +218,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case limited(Int)
         /// Too many password checks in flight on this gateway.
         case busy
+        /// The client left before its password was checked; nothing was checked.
+        case abandoned
     }
 
     private static func performLogin(ctx: GatewayContext, username: String, password: String, address: String,
@@ -255,8 +260,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 checked.whenComplete { _ in logins.leave() }
                 return checked.flatMap { valid -> EventLoopFuture<LoginOutcome> in
                     guard let valid else {
+                        // Nobody to answer: the check was skipped (counted as `abandoned`).
                         giveBack()
-                        return loop.makeSucceededFuture(.invalid)
+                        return loop.makeSucceededFuture(.abandoned)
                     }
                     guard let generation = valid else {
                         ctx.logger.info("login failed", metadata: ["client.address": "\(address)"])

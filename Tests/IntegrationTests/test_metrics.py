@@ -88,3 +88,36 @@ def test_every_process_serves_metrics_that_follow_the_traffic(make_deployment):
     # Nothing of it on the public port.
     r = requests.get(d.base + "/metrics", verify=d.ca)
     assert r.status_code == 404 and "securechat_" not in r.text
+
+
+def test_password_checks_of_clients_that_left_are_skipped(make_deployment):
+    import socket
+    import ssl
+    d = make_deployment(extra_args=["--max-logins-in-flight", "16", "--login-user-per-minute", "10000",
+                                    "--login-address-per-minute", "10000", "--login-name-per-minute", "10000"])
+    url = json.load(open(os.path.join(d.state, "metrics.json")))["gateway"]
+    # 16 logins sent at once whose clients hang up at once: the thread pool (one thread per
+    # core) can start two or so before the others' connections are seen closed.
+    body = json.dumps({"username": "alice", "password": "wrong"}).encode()
+    request = (b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    ctx = ssl.create_default_context(cafile=d.ca)
+    socks = []
+    for _ in range(16):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.port), timeout=10), server_hostname="127.0.0.1")
+        socks.append(s)
+    for s in socks:
+        s.sendall(request)
+    for s in socks:
+        s.close()
+
+    def counted():
+        m = scrape(url)
+        return total(m, "securechat_logins_total", outcome="abandoned") + total(m, "securechat_logins_total", outcome="invalid")
+    wait_until(lambda: counted() == 16, 30, what="every login accounted for")
+    m = scrape(url)
+    assert total(m, "securechat_logins_total", outcome="abandoned") >= 1   # skipped, not checked
+    assert total(m, "securechat_password_checks_in_flight") == 0
+    # Nothing was spent for the skipped ones, and the gateway answers as before.
+    assert requests.post(d.base + "/api/login", json={"username": "alice", "password": "pw-alice-123456"},
+                         verify=d.ca).status_code == 200
