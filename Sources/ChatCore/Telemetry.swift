@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import Proto
 import ServiceLifecycle
 
 /// Prometheus metrics for every process (swift-metrics, with swift-prometheus behind it),
@@ -70,8 +71,20 @@ public enum Telemetry {
     // MARK: coordinator
     public static let usersOnline = Metrics.Gauge(label: "securechat_users_online")
     public static let workersLive = Metrics.Gauge(label: "securechat_workers_live")
-    public static func rateChecks(_ kind: String, allowed: Bool) -> Metrics.Counter {
-        Metrics.Counter(label: "securechat_rate_checks_total", dimensions: [("kind", kind), ("result", allowed ? "allowed" : "refused")])
+    /// Made once per (kind, result): a rate check is per message, and making a counter is a
+    /// registry lookup under a lock.
+    private static let rateCheckCounters: [String: Metrics.Counter] = {
+        var out: [String: Metrics.Counter] = [:]
+        for kind in RateLimitKind.allCases {
+            for result in ["allowed", "refused"] {
+                out[kind.rawValue + result] = Metrics.Counter(label: "securechat_rate_checks_total",
+                                                              dimensions: [("kind", kind.rawValue), ("result", result)])
+            }
+        }
+        return out
+    }()
+    public static func rateChecks(_ kind: RateLimitKind, allowed: Bool) -> Metrics.Counter? {
+        rateCheckCounters[kind.rawValue + (allowed ? "allowed" : "refused")]
     }
 }
 

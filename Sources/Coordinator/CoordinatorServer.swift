@@ -77,7 +77,7 @@ final class CoordinatorCore: Sendable {
                 return .route(worker: r.id, address: r.address)
             case let .rateCheck(kind, key, consume):
                 let d = s.limiter.check(kind: kind, key: key, now: now, consume: consume)
-                Telemetry.rateChecks(kind.rawValue, allowed: d.allowed).increment()
+                Telemetry.rateChecks(kind, allowed: d.allowed)?.increment()
                 return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
             case let .rateRefund(kind, key):
                 s.limiter.refund(kind: kind, key: key, now: now)
@@ -164,6 +164,7 @@ final class PreAuthGuard: ChannelInboundHandler {
 
     static let maxBytes = 4096
     static let deadline = TimeAmount.seconds(5)
+    /// The link proved the secret (or none is configured): the one record of it.
     private(set) var lifted: Bool
     private var received = 0
     private var timer: Scheduled<Void>?
@@ -210,7 +211,6 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
     let core: CoordinatorCore
     private let guardian: PreAuthGuard
     private let auth: LinkAuth
-    private var authenticated: Bool
     /// Between `authBegin` and `authFinish`: both nonces.
     private var challenge: (client: [UInt8], mine: [UInt8])?
 
@@ -218,7 +218,6 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
         self.core = core
         self.guardian = guardian
         self.auth = LinkAuth(secret: core.secret)
-        self.authenticated = core.secret == nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -237,14 +236,13 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
             }
         } else if case let .authFinish(proof) = request {
             if let c = challenge, auth.verify(proof, expected: auth.coordinatorClientProof(clientNonce: c.client, coordinatorNonce: c.mine)) {
-                authenticated = true
                 guardian.lift()
                 response = .ok
             } else {
                 response = .denied
             }
             challenge = nil
-        } else if !authenticated {
+        } else if !guardian.lifted {
             response = .denied
         } else {
             response = core.handle(request, link: context.channel)

@@ -10,12 +10,14 @@ struct RunCommand {
     let logger: Logger
 
     /// Its own flags and those it passes on to its children.
-    static let flags: Set<String> = [
-        "workers", "gateways", "port", "host", "users-file", "cert", "key", "web-dir", "public-origin", "redis-server",
-        "worker-event-loops", "allow-demo-users", "lease-seconds", "max-sockets-per-user", "history", "history-max",
-        "max-queued-frames", "request-timeout-seconds", "ping-seconds", "max-queued-bytes", "flush-coalesce-ms",
-        "event-loops", "max-logins-in-flight", "worker-header", "proxy-protocol",
-    ]
+    /// Flags passed on as they are: to the coordinator, to each worker, to each gateway.
+    static let coordinatorFlags = ["lease-seconds", "max-sockets-per-user"]
+    static let workerFlags = ["history", "history-max", "max-queued-frames"]
+    static let gatewayFlags = ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms",
+                               "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol"]
+    /// Its own flags and those it passes on to its children.
+    static let flags = Set(["workers", "gateways", "port", "host", "users-file", "cert", "key", "web-dir", "public-origin",
+                            "redis-server", "worker-event-loops"] + coordinatorFlags + workerFlags + gatewayFlags)
 
     /// A port of 127.0.0.1 free just now (the kernel's pick; the child binds it a moment later).
     static func freeLoopbackPort() throws -> Int {
@@ -88,7 +90,7 @@ struct RunCommand {
         }
         common += limits.arguments
         var coordinatorArgs = common
-        for name in ["lease-seconds", "max-sockets-per-user"] {
+        for name in Self.coordinatorFlags {
             if let v = options.string(name) { coordinatorArgs += ["--\(name)", v] }
         }
         // Each child serves its metrics on its own port of 127.0.0.1 (never the public one).
@@ -113,7 +115,7 @@ struct RunCommand {
         guard (1...256).contains(workerLoops) else { throw Options.Invalid("--worker-event-loops must be 1...256") }
         for i in 1...workers {
             var args = common + ["--id", "worker-\(i)", "--listen", "\(stateDir)/worker-\(i).sock", "--event-loops", String(workerLoops)]
-            for name in ["history", "history-max", "max-queued-frames"] {
+            for name in Self.workerFlags {
                 if let v = options.string(name) { args += ["--\(name)", v] }
             }
             children.append(Child(name: "worker-\(i)", executable: bin + "/securechat-worker", arguments: args + (try metricsArgs("worker-\(i)"))))
@@ -122,7 +124,7 @@ struct RunCommand {
                                     "--cert", cert!, "--key", key!, "--users-file", usersFile,
                                     "--web-dir", absolute(options.string("web-dir", default: Self.defaultWebDir()))]
         if let origins = options.string("public-origin") { gatewayArgs += ["--public-origin", origins] }
-        for name in ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms", "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol"] {
+        for name in Self.gatewayFlags {
             if let v = options.string(name) { gatewayArgs += ["--\(name)", v] }
         }
         let gateways = try options.int("gateways", default: 1)

@@ -10,8 +10,9 @@ import ChatCore
 /// What a client's TLS handler is given: the frames of one flush gathered into one buffer
 /// (one `SSL_write`, one TLS record), in order, ahead of frames written directly.
 final class StreamWriteTests: XCTestCase {
-    private func stream() throws -> (EmbeddedChannel, GatewayStreamHandler) {
-        let handler = GatewayStreamHandler(limits: StreamLimits(maxQueuedFrames: 4, maxQueuedBytes: 1 << 20, pingInterval: .seconds(30)),
+    private func stream(maxQueuedFrames: Int = 4, maxQueuedBytes: Int = 1 << 20) throws -> (EmbeddedChannel, GatewayStreamHandler) {
+        let handler = GatewayStreamHandler(limits: StreamLimits(maxQueuedFrames: maxQueuedFrames, maxQueuedBytes: maxQueuedBytes,
+                                                                pingInterval: .seconds(30)),
                                            logger: Logger(label: "test"))
         let channel = EmbeddedChannel(handler: handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
@@ -64,10 +65,7 @@ final class StreamWriteTests: XCTestCase {
     }
 
     func testTheQueueIsBoundedInBytesAsWellAsFrames() throws {
-        let handler = GatewayStreamHandler(limits: StreamLimits(maxQueuedFrames: 1024, maxQueuedBytes: 65536, pingInterval: .seconds(30)),
-                                           logger: Logger(label: "test"))
-        let channel = EmbeddedChannel(handler: handler)
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let (channel, handler) = try stream(maxQueuedFrames: 1024, maxQueuedBytes: 65536)
         channel.isWritable = false
         let big = text(String(repeating: "b", count: 8000))
         for _ in 0..<8 { handler.sendFramed(big) }   // 64 KB: still within the bound

@@ -32,6 +32,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_listening(port, timeout, what="listening"):
+    """Polls until something accepts TCP connections on 127.0.0.1:port."""
+    def accepts():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    wait_until(accepts, timeout, what=what)
+
+
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     last = None

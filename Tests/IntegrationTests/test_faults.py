@@ -381,7 +381,7 @@ def test_a_large_sync_is_paced_by_its_reader(make_deployment):
         async def replay(ws, pause_first, per_message):
             assert json.loads(await ws.recv())["type"] == "welcome"
             await ws.send(json.dumps({"type": "sync", "since": "0-0"}))
-            await asyncio.sleep(pause_first)
+            await asyncio.sleep(pause_first)   # the client under test not reading: its behaviour, not a wait
             replayed = 0
             while True:
                 f = json.loads(await asyncio.wait_for(ws.recv(), 30))
@@ -406,7 +406,7 @@ def test_a_large_sync_is_paced_by_its_reader(make_deployment):
 
 def test_an_external_redis_over_tls_with_an_acl_user_and_no_default_user(users_file, tmp_path):
     import subprocess
-    from conftest import Deployment, free_port
+    from conftest import Deployment, free_port, wait_listening
     # Redis as an operator would run it across hosts: TLS only, the default user off, one ACL
     # user for SecureChat. The certificate is its own CA here.
     cert, key = str(tmp_path / "redis-cert.pem"), str(tmp_path / "redis-key.pem")
@@ -422,13 +422,7 @@ def test_an_external_redis_over_tls_with_an_acl_user_and_no_default_user(users_f
                               "+@all", "-@dangerous", "+info"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
-        wait_until(listening, 10, what="redis listening")
+        wait_listening(port, 10, what="redis listening")
         d = Deployment(users_file, extra_args=["--redis-url", "rediss://127.0.0.1:%d" % port, "--redis-tls-ca", cert,
                                                "--redis-user", "securechat",
                                                "--redis-password", "a-redis-password-for-this-test"])

@@ -263,18 +263,12 @@ def test_no_path_reaches_outside_the_assets(deployment, path):
 
 def _coordinator_with_secret():
     import subprocess
-    from conftest import BIN, free_port
+    from conftest import BIN, free_port, wait_listening
     port = free_port()
     proc = subprocess.Popen([os.path.join(BIN, "securechat-coordinator"), "--coordinator", "127.0.0.1:%d" % port,
                              "--cluster-secret", "a-secret-for-this-test"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    def listening():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    wait_until(listening, 20, what="coordinator listening")
+    wait_listening(port, 20, what="coordinator listening")
     return proc, port
 
 
