@@ -10,10 +10,10 @@ import ServiceLifecycle
 final class SubscriberHandler: ChannelInboundHandler {
     typealias InboundIn = RESPValue
     let onMessage: @Sendable (String, String) -> Void
-    let onSubscribed: @Sendable (Int) -> Void
+    let onSubscribed: @Sendable (String) -> Void
     let onError: @Sendable (String) -> Void
 
-    init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (Int) -> Void,
+    init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (String) -> Void,
          onError: @escaping @Sendable (String) -> Void = { _ in }) {
         self.onMessage = onMessage
         self.onSubscribed = onSubscribed
@@ -32,7 +32,7 @@ final class SubscriberHandler: ChannelInboundHandler {
         case "message" where items.count == 3:
             if let channel = items[1].string, let payload = items[2].string { onMessage(channel, payload) }
         case "subscribe" where items.count == 3:
-            onSubscribed(Int(items[2].int ?? 0))
+            if let channel = items[1].string { onSubscribed(channel) }
         default:
             break
         }
@@ -44,10 +44,16 @@ final class SubscriberHandler: ChannelInboundHandler {
 }
 
 /// One pub/sub connection (RESP2 needs its own) that re-subscribes after any loss.
-/// `onState(true)` is called once all channels are subscribed again, `onState(false)` when the link drops.
+/// `channels` are always subscribed; others come and go with `subscribe`/`unsubscribe`
+/// (a worker's rooms and users). `onState(true)` is called once the fixed channels are
+/// subscribed again, `onState(false)` when the link drops; `onSubscribed` for every
+/// channel's confirmation (also after a reconnect), so its owner knows from when on a
+/// channel's messages arrive.
 public final class RedisSubscriber: Service, Sendable {
     public let endpoint: Endpoint
     private let channels: [String]
+    private let wanted = NIOLockedValueBox<Set<String>>([])
+    private let onSubscribed: @Sendable (String) -> Void
     private let group: EventLoopGroup
     private let password: String?
     private let user: String?
@@ -59,7 +65,9 @@ public final class RedisSubscriber: Service, Sendable {
 
     public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, channels: [String], group: EventLoopGroup, logger: Logger,
                 onMessage: @escaping @Sendable (String, String) -> Void,
+                onSubscribed: @escaping @Sendable (String) -> Void = { _ in },
                 onState: @escaping @Sendable (Bool) -> Void) {
+        self.onSubscribed = onSubscribed
         self.endpoint = endpoint
         self.channels = channels
         self.password = password
@@ -71,19 +79,43 @@ public final class RedisSubscriber: Service, Sendable {
         self.onState = onState
     }
 
+    /// Subscribes to more channels, now and after every reconnect.
+    public func subscribe(_ more: [String]) {
+        guard !more.isEmpty else { return }
+        wanted.withLockedValue { $0.formUnion(more) }
+        current.withLockedValue { $0 }?.writeAndFlush(["SUBSCRIBE"] + more, promise: nil)
+    }
+
+    /// Stops the messages of channels given to `subscribe`.
+    public func unsubscribe(_ gone: [String]) {
+        guard !gone.isEmpty else { return }
+        wanted.withLockedValue { $0.subtract(gone) }
+        current.withLockedValue { $0 }?.writeAndFlush(["UNSUBSCRIBE"] + gone, promise: nil)
+    }
+
     public func run() async throws {
-        let channelCount = channels.count, channels = self.channels
+        let channels = self.channels, fixed = Set(channels), wanted = self.wanted, onSubscribed = self.onSubscribed
         let onState = self.onState, onMessage = self.onMessage, logger = self.logger, endpoint = self.endpoint
         let group = self.group, password = self.password, user = self.user, tls = self.tls
         await Reconnector(what: "redis subscription", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: current).run(
             connect: {
-                try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
+                // The fixed channels confirmed on this connection: all of them is "up".
+                let confirmed = NIOLockedValueBox<Set<String>>([])
+                return try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
                     if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RESPDecoder()),
                         MessageToByteHandler(RESPEncoder()),
-                        SubscriberHandler(onMessage: onMessage, onSubscribed: { n in
-                            if n == channelCount { onState(true) }
+                        SubscriberHandler(onMessage: onMessage, onSubscribed: { channel in
+                            if fixed.contains(channel) {
+                                let all = confirmed.withLockedValue { c -> Bool in
+                                    let before = c.count
+                                    c.insert(channel)
+                                    return c.count == fixed.count && before < fixed.count
+                                }
+                                if all { onState(true) }
+                            }
+                            onSubscribed(channel)
                         }, onError: { message in
                             // The reply's first word only (e.g. WRONGPASS, NOAUTH): never a secret.
                             let code = message.split(separator: " ").first.map(String.init) ?? "ERR"
@@ -95,7 +127,7 @@ public final class RedisSubscriber: Service, Sendable {
             established: { ch in
                 // Replies come back in order: a refused AUTH is read (and closes the link) before SUBSCRIBE's.
                 if let password { ch.write(RedisClient.authCommand(user: user, password: password), promise: nil) }
-                try await ch.writeAndFlush(["SUBSCRIBE"] + channels)
+                try await ch.writeAndFlush(["SUBSCRIBE"] + channels + wanted.withLockedValue { Array($0) })
             },
             ended: { onState(false) })
     }

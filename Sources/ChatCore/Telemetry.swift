@@ -63,6 +63,8 @@ public enum Telemetry {
     // MARK: worker
     public static let messagesStored = Metrics.Counter(label: "securechat_messages_total")
     public static let workerStreams = Metrics.Meter(label: "securechat_worker_streams_open")
+    /// Rooms whose channel the worker is subscribed to (a local member is connected).
+    public static let workerRooms = Metrics.Meter(label: "securechat_worker_rooms_relayed")
     public static let workerDeliveries = Metrics.Counter(label: "securechat_worker_deliveries_total")
     public static func rateLimited(_ kind: String) -> Metrics.Counter {
         Metrics.Counter(label: "securechat_rate_limited_total", dimensions: [("kind", kind)])

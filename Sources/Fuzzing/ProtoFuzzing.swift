@@ -36,27 +36,54 @@ public enum ProtoFuzzing {
         case let .failure(error):
             if let ref = error.ref, ref.utf8.count > ChatLimits.maxRefBytes { return "error echoes an over-long ref" }
             return nil
-        case let .success(.send(text, ref, room)):
-            if text.isEmpty { return "accepted an empty text" }
-            if text.unicodeScalars.count > ChatLimits.maxTextScalars { return "accepted text over the limit" }
-            if ClientFrame.trimUnicodeWhitespace(text) != text { return "text not trimmed" }
-            if let ref, ref.utf8.count > ChatLimits.maxRefBytes { return "accepted an over-long ref" }
-            if room != ChatLimits.lobby { return "accepted room \(room.debugDescription)" }
-            // What we accepted, encoded as the web client would, decodes to the same frame.
-            var json = "{\"type\":\"send\",\"text\":"
-            JSONText.appendString(text, to: &json)
-            if let ref {
-                json += ",\"ref\":"
-                JSONText.appendString(ref, to: &json)
+        case let .success(frame):
+            if let ref = frame.ref, ref.utf8.count > ChatLimits.maxRefBytes { return "accepted an over-long ref" }
+            switch frame {
+            case let .send(content, ref, room, replyTo):
+                if RoomID.reference(room) != room { return "accepted room \(room.debugDescription)" }
+                if case let .e2ee(json) = content {
+                    if json.utf8.count > ChatLimits.maxE2EEBytes { return "accepted e2ee over the limit" }
+                    return nil
+                }
+                guard case let .text(text) = content else { return nil }
+                if text.isEmpty { return "accepted an empty text" }
+                if text.unicodeScalars.count > ChatLimits.maxTextScalars { return "accepted text over the limit" }
+                if ClientFrame.trimUnicodeWhitespace(text) != text { return "text not trimmed" }
+                // What we accepted, encoded as the web client would, decodes to the same frame.
+                var json = "{\"type\":\"send\",\"text\":"
+                JSONText.appendString(text, to: &json)
+                json += ",\"room\":" + JSONText.string(room)
+                if let replyTo { json += ",\"reply_to\":\"\(replyTo)\"" }
+                if let ref {
+                    json += ",\"ref\":"
+                    JSONText.appendString(ref, to: &json)
+                }
+                json += "}"
+                guard case let .success(again) = ClientFrame.decode(Array(json.utf8)), again == frame else {
+                    return "send frame does not round-trip"
+                }
+                return nil
+            case let .sync(since, room):
+                if RoomID.reference(room) != room { return "accepted room \(room.debugDescription)" }
+                if MessageID(since.description) != since { return "since does not round-trip" }
+                return nil
+            case let .createRoom(name, _, title, topic, _, _):
+                if !RoomID.isValidName(name) { return "accepted room name \(name.debugDescription)" }
+                if (title?.unicodeScalars.count ?? 0) > ChatLimits.maxTitleScalars { return "accepted a long title" }
+                if (topic?.unicodeScalars.count ?? 0) > ChatLimits.maxTopicScalars { return "accepted a long topic" }
+                return nil
+            case let .react(_, _, emoji, _, _):
+                if !(1...ChatLimits.maxEmojiScalars).contains(emoji.unicodeScalars.count) { return "accepted emoji \(emoji.debugDescription)" }
+                return nil
+            case let .history(_, _, limit, _):
+                if !(1...ChatLimits.historyMax).contains(limit) { return "accepted history limit \(limit)" }
+                return nil
+            case let .invite(_, user, _), let .remove(_, user, _), let .openDM(user, _):
+                if !RoomID.isValidUser(user) { return "accepted user \(user.debugDescription)" }
+                return nil
+            default:
+                return nil
             }
-            json += "}"
-            guard case let .success(again) = ClientFrame.decode(Array(json.utf8)),
-                  again == .send(text: text, ref: ref, room: room) else { return "send frame does not round-trip" }
-            return nil
-        case let .success(.sync(since, room)):
-            if room != ChatLimits.lobby { return "accepted room \(room.debugDescription)" }
-            if MessageID(since.description) != since { return "since does not round-trip" }
-            return nil
         }
     }
 
@@ -68,15 +95,13 @@ public enum ProtoFuzzing {
     }
 
     static func relayPayload(_ payload: String) -> String? {
-        guard let message = ChatMessage(relayPayload: payload, room: ChatLimits.lobby) else { return nil }
-        if message.from.contains("\n") { return "sender name holds a newline" }
-        guard let again = ChatMessage(relayPayload: message.relayPayload, room: ChatLimits.lobby), again == message else {
-            return "relay payload does not round-trip"
-        }
-        // The frame sent to clients is one valid JSON object whatever the text holds.
-        guard let object = try? JSONSerialization.jsonObject(with: Data(message.json.utf8)) as? [String: Any],
-              object["text"] as? String == message.text, object["from"] as? String == message.from else {
-            return "message frame is not the JSON it claims"
+        guard let relay = RoomRelay(payload: payload, room: ChatLimits.lobby) else { return nil }
+        guard RoomRelay(payload: relay.payload, room: ChatLimits.lobby) == relay else { return "relay payload does not round-trip" }
+        if case let .history(message) = relay {
+            if message.from.contains("\n") { return "sender name holds a newline" }
+            // A body the worker wrote is a JSON fragment; the frame is then one JSON object.
+            if let object = try? JSONSerialization.jsonObject(with: Data(message.json.utf8)) as? [String: Any],
+               object["from"] as? String != message.from { return "message frame does not carry its sender" }
         }
         return nil
     }

@@ -167,7 +167,8 @@ struct CredentialSync: Service {
                     logger.warning("credential sync failed; retrying", metadata: ["error": "\(error)"])
                 }
             }
-            await sleepUnlessShuttingDown(seconds: 1)
+            // Soon again after a failure (Redis still starting): invites and dms know users by it.
+            await sleepUnlessShuttingDown(seconds: synced ? 1 : 0.2)
         }
     }
 }

@@ -1,16 +1,21 @@
 /// Frames the server sends, encoded as the JSON text of protocol.md.
 public enum ServerFrame: Sendable {
-    case welcome(user: String, room: String, online: [String], history: [ChatMessage])
+    /// `rooms` is the JSON array of the user's room objects.
+    case welcome(user: String, room: String, online: [String], history: [ChatMessage], rooms: String)
     case message(ChatMessage)
     case presence(user: String, online: Bool)
     case ack(ref: String?, id: MessageID)
     case error(code: String, message: String, ref: String?, retryAfterMs: Int?)
     case synced(room: String, recovered: Bool)
+    /// `{"type":"ok","ref":…}`
+    case ok(ref: String?)
+    /// A reply or event of any other type: `fields` is the JSON fragment after `type` and `ref`.
+    case object(type: String, ref: String?, fields: String)
 
     /// The frame's JSON text.
     public var json: String {
         switch self {
-        case let .welcome(user, room, online, history):
+        case let .welcome(user, room, online, history, rooms):
             var out = "{\"type\":\"welcome\",\"user\":"
             JSONText.appendString(user, to: &out)
             out.append(",\"room\":")
@@ -22,7 +27,9 @@ public enum ServerFrame: Sendable {
                 if i > 0 { out.append(",") }
                 out.append(m.json)
             }
-            out.append("]}")
+            out.append("],\"rooms\":")
+            out.append(rooms)
+            out.append("}")
             return out
         case let .message(m):
             return m.json
@@ -39,6 +46,14 @@ public enum ServerFrame: Sendable {
             return out
         case let .synced(room, recovered):
             return "{\"type\":\"synced\",\"room\":\(JSONText.string(room)),\"recovered\":\(recovered)}"
+        case let .ok(ref):
+            return "{\"type\":\"ok\",\"ref\":\(ref.map { JSONText.string($0) } ?? "null")}"
+        case let .object(type, ref, fields):
+            var out = "{\"type\":" + JSONText.string(type)
+            if let ref { out.append(",\"ref\":" + JSONText.string(ref)) }
+            if !fields.isEmpty { out.append("," + fields) }
+            out.append("}")
+            return out
         }
     }
 }

@@ -1,14 +1,21 @@
 import ChatCore
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Proto
 
-/// The worker's local streams and its fan-out: one Redis subscription for the worker,
-/// each message encoded once and handed to every gateway link on its own event loop.
+/// The worker's local streams and its fan-out, routed by room.
 ///
-/// While the subscription is down (and until the gap is filled from the room
-/// stream after it comes back) live messages wait here, so connections see
-/// every message once and in id order.
+/// The worker subscribes in Redis to a room's channel while one of its streams is in the
+/// room (`retain`/`release`), and to a user's channel while it serves one of the user's
+/// connections (`watchUser`/`unwatchUser`): it receives nothing of rooms it serves nobody in.
+/// Each event is encoded once and handed to every gateway link on its own event loop, in the
+/// order the subscription delivered it (one FIFO per loop).
+///
+/// A room's channel is caught up per room: from the moment its subscription is confirmed
+/// (first time, or again after the subscription dropped) the room's stream is read from the
+/// last id relayed, and live events wait until that gap fill is done, so connections see
+/// every event of a room once and in id order.
 final class Hub: Sendable {
     /// One client stream, for the questions asked across loops (registration, logout, drain).
     struct Entry: Sendable {
@@ -22,18 +29,36 @@ final class Hub: Sendable {
         var reported = false
     }
 
-    private struct Relay {
-        var lastRelayed: MessageID?
+    /// One room this worker relays.
+    private struct RoomRelayState {
+        var lastRelayed: MessageID
         var filling = true
-        var waiting: [ChatMessage] = []
-        /// Who clients were last told is online (for diffs against coordinator snapshots).
-        var knownOnline: Set<String> = []
+        var fillRunning = false
+        var waiting: [RoomRelay] = []
         /// Bumped at every subscription loss; a gap fill from an older one is void.
         var epoch = 0
+        var refs = 0
+        /// SUBSCRIBEs sent for the room not yet confirmed: a fill waits for the last one, so a
+        /// leave and join in quick succession cannot go live on a confirmation from before.
+        var pendingSubscribes = 0
+    }
+
+    private struct UserWatch {
+        var refs = 0
+        var confirmed = false
+        var waiters: [EventLoopPromise<Void>] = []
+    }
+
+    private struct Relay {
+        var rooms: [String: RoomRelayState] = [:]
+        var users: [String: UserWatch] = [:]
+        var subscribed = false
+        /// Who clients were last told is online (for diffs against coordinator snapshots).
+        var knownOnline: Set<String> = []
     }
 
     /// The gateway links of one event loop, touched only on that loop: a broadcast is one
-    /// task per loop that hands the message to each link there, which sends one frame.
+    /// task per loop that hands the event to each link there, which sends one frame.
     private struct LoopLinks: Sendable {
         let eventLoop: EventLoop
         let links: NIOLoopBoundBox<LinkSet>
@@ -47,15 +72,27 @@ final class Hub: Sendable {
     private let loops: [ObjectIdentifier: LoopLinks]
     private let relay = NIOLockedValueBox(Relay())
     private let drained = NIOLockedValueBox<Set<String>>([])
+    private let subscriber = NIOLockedValueBox<RedisSubscriber?>(nil)
+    private let store: RoomStore
+    private let logger: Logger
+    private let fillLoop: EventLoop
     private let maxWaiting: Int
 
-    init(group: EventLoopGroup, maxWaiting: Int = 100_000) {
+    init(group: EventLoopGroup, store: RoomStore, logger: Logger, maxWaiting: Int = 100_000) {
         var loops: [ObjectIdentifier: LoopLinks] = [:]
         for loop in group.makeIterator() {
             loops[ObjectIdentifier(loop)] = LoopLinks(eventLoop: loop, links: .makeBoxSendingValue(LinkSet(), eventLoop: loop))
         }
         self.loops = loops
+        self.store = store
+        self.logger = logger
+        self.fillLoop = group.next()
         self.maxWaiting = maxWaiting
+    }
+
+    /// The subscription that `retain` and `watchUser` add channels to.
+    func attach(_ s: RedisSubscriber) {
+        subscriber.withLockedValue { $0 = s }
     }
 
     /// Called on the link's event loop.
@@ -83,11 +120,17 @@ final class Hub: Sendable {
     var connections: [ConnectionInfo] { entries.withLockedValue { $0.values.filter(\.reported).map(\.info) } }
     var count: Int { entries.withLockedValue { $0.count } }
     var localUsers: [String] { Array(Set(connections.map(\.user))).sorted() }
+    /// Rooms whose channel this worker is subscribed to (for tests and metrics).
+    var relayedRooms: [String] { relay.withLockedValue { Array($0.rooms.keys).sorted() } }
 
     /// Without the coordinator: who this worker last knew to be online, plus its own users.
     var bestKnownOnline: [String] {
         let known = relay.withLockedValue { $0.knownOnline }
         return Array(known.union(localUsers)).sorted()
+    }
+
+    func isOnline(_ user: String) -> Bool {
+        relay.withLockedValue { $0.knownOnline.contains(user) } || localUsers.contains(user)
     }
 
     private func forEach(where predicate: (Entry) -> Bool, _ body: @escaping @Sendable (WorkerLinkHandler, UInt32) -> Void) {
@@ -98,24 +141,199 @@ final class Hub: Sendable {
         }
     }
 
-    /// A message published on a room's channel. Fan-out happens under the relay
-    /// lock so that a gap fill and live relay can never interleave out of order.
-    func deliver(_ message: ChatMessage) {
-        relay.withLockedValue { r in
-            if r.filling {
-                if r.waiting.count < maxWaiting { r.waiting.append(message) }
-                return
+    // MARK: rooms
+
+    /// A local stream is in `room`, having seen it up to `start`: subscribe if this is the
+    /// first. Returns the newest id this worker relayed of the room before (which the stream
+    /// may have missed when it is past `start`).
+    @discardableResult
+    func retain(room: String, start: MessageID) -> MessageID {
+        let (previous, isNew) = relay.withLockedValue { r -> (MessageID, Bool) in
+            if var state = r.rooms[room] {
+                state.refs += 1
+                r.rooms[room] = state
+                return (state.lastRelayed, false)
             }
-            if let last = r.lastRelayed, message.id <= last { return }
-            r.lastRelayed = message.id
-            fanOut(message)
+            var state = RoomRelayState(lastRelayed: start)
+            state.refs = 1
+            state.pendingSubscribes = r.subscribed ? 1 : 0
+            r.rooms[room] = state
+            return (start, true)
+        }
+        if isNew {
+            Telemetry.workerRooms.increment()
+            subscriber.withLockedValue { $0 }?.subscribe([RoomStore.channel(room)])
+        }
+        return previous
+    }
+
+    /// A local stream is no longer in `room`: unsubscribe after the last.
+    func release(room: String) {
+        let gone = relay.withLockedValue { r -> Bool in
+            guard var state = r.rooms[room] else { return false }
+            state.refs -= 1
+            if state.refs > 0 {
+                r.rooms[room] = state
+                return false
+            }
+            r.rooms.removeValue(forKey: room)
+            return true
+        }
+        if gone {
+            Telemetry.workerRooms.decrement()
+            subscriber.withLockedValue { $0 }?.unsubscribe([RoomStore.channel(room)])
         }
     }
 
-    private func fanOut(_ message: ChatMessage) {
-        let frame = SharedFrame(message: message)
-        broadcast { $0.deliverLive(frame) }
+    /// An event published on a room's channel. Fan-out happens under the relay lock so that
+    /// a gap fill and live relay can never interleave out of order.
+    func deliver(room: String, _ event: RoomRelay) {
+        relay.withLockedValue { r in
+            guard var state = r.rooms[room] else { return }
+            if state.filling {
+                if state.waiting.count < maxWaiting { state.waiting.append(event) }
+                r.rooms[room] = state
+                return
+            }
+            if case let .history(m) = event {
+                if m.id <= state.lastRelayed { return }
+                state.lastRelayed = m.id
+                r.rooms[room] = state
+            }
+            fanOut(room: room, event)
+        }
     }
+
+    private func fanOut(room: String, _ event: RoomRelay) {
+        switch event {
+        case let .history(m):
+            let frame = SharedFrame(message: m)
+            broadcast { $0.deliverLive(frame) }
+        case let .event(json):
+            let payload = ByteBuffer(string: json)
+            broadcast { $0.deliverRoomEvent(room: room, payload: payload, except: nil) }
+        case let .typing(user, json):
+            let payload = ByteBuffer(string: json)
+            broadcast { $0.deliverRoomEvent(room: room, payload: payload, except: user) }
+        }
+    }
+
+    /// A channel's subscription is confirmed: a room's channel is caught up from its stream.
+    func channelSubscribed(_ channel: String) {
+        if channel.hasPrefix(RoomStore.userChannelPrefix) {
+            let user = String(channel.dropFirst(RoomStore.userChannelPrefix.count))
+            let waiters = relay.withLockedValue { r -> [EventLoopPromise<Void>] in
+                guard var w = r.users[user] else { return [] }
+                w.confirmed = true
+                let waiting = w.waiters
+                w.waiters = []
+                r.users[user] = w
+                return waiting
+            }
+            for w in waiters { w.succeed(()) }
+        } else if channel.hasPrefix(RoomStore.roomChannelPrefix) {
+            fill(room: String(channel.dropFirst(RoomStore.roomChannelPrefix.count)))
+        }
+    }
+
+    /// Reads what the room's stream holds after the last id relayed, relays it, then what
+    /// waited, and goes live; retried while Redis fails, void when the subscription dropped again.
+    private func fill(room: String) {
+        let start = relay.withLockedValue { r -> (MessageID, Int)? in
+            guard var state = r.rooms[room] else { return nil }
+            if state.pendingSubscribes > 0 { state.pendingSubscribes -= 1 }
+            r.rooms[room] = state
+            guard state.filling, !state.fillRunning, state.pendingSubscribes == 0 else { return nil }
+            state.fillRunning = true
+            r.rooms[room] = state
+            return (state.lastRelayed, state.epoch)
+        }
+        guard let (after, epoch) = start else { return }
+        store.since(after, room: room, on: fillLoop).whenComplete { result in
+            switch result {
+            case let .success(missed):
+                self.finishFill(room: room, missed: missed, epoch: epoch)
+            case let .failure(error):
+                self.logger.warning("gap fill failed; retrying", metadata: ["room": "\(room)", "error": "\(error)"])
+                self.relay.withLockedValue { r in
+                    if r.rooms[room]?.epoch == epoch { r.rooms[room]?.fillRunning = false }
+                }
+                self.fillLoop.scheduleTask(in: .milliseconds(200)) { self.fill(room: room) }
+            }
+        }
+    }
+
+    private func finishFill(room: String, missed: [ChatMessage], epoch: Int) {
+        let relayed = relay.withLockedValue { r -> Int in
+            guard var state = r.rooms[room], state.epoch == epoch, state.filling else { return 0 }
+            var n = 0
+            for m in missed where m.id > state.lastRelayed {
+                state.lastRelayed = m.id
+                fanOut(room: room, .history(m))
+                n += 1
+            }
+            for e in state.waiting {
+                if case let .history(m) = e {
+                    guard m.id > state.lastRelayed else { continue }
+                    state.lastRelayed = m.id
+                }
+                fanOut(room: room, e)
+            }
+            state.waiting = []
+            state.filling = false
+            state.fillRunning = false
+            r.rooms[room] = state
+            return n
+        }
+        if relayed > 0 {
+            logger.info("relayed messages missed while unsubscribed", metadata: ["room": "\(room)", "count": "\(relayed)"])
+        }
+    }
+
+    // MARK: users
+
+    /// A local stream of `user` opens: their channel is subscribed, and the future completes
+    /// once Redis confirmed it (from then on no event of the user is missed).
+    func watchUser(_ user: String, on loop: EventLoop) -> EventLoopFuture<Void> {
+        let (ready, isNew, promise) = relay.withLockedValue { r -> (Bool, Bool, EventLoopPromise<Void>?) in
+            var w = r.users[user] ?? UserWatch()
+            let isNew = w.refs == 0
+            w.refs += 1
+            if w.confirmed {
+                r.users[user] = w
+                return (true, isNew, nil)
+            }
+            let p = loop.makePromise(of: Void.self)
+            w.waiters.append(p)
+            r.users[user] = w
+            return (false, isNew, p)
+        }
+        if isNew { subscriber.withLockedValue { $0 }?.subscribe([RoomStore.userChannel(user)]) }
+        if ready { return loop.makeSucceededVoidFuture() }
+        return promise!.futureResult
+    }
+
+    func unwatchUser(_ user: String) {
+        let (gone, waiters) = relay.withLockedValue { r -> (Bool, [EventLoopPromise<Void>]) in
+            guard var w = r.users[user] else { return (false, []) }
+            w.refs -= 1
+            if w.refs > 0 {
+                r.users[user] = w
+                return (false, [])
+            }
+            r.users.removeValue(forKey: user)
+            return (true, w.waiters)
+        }
+        for w in waiters { w.fail(StreamGone()) }
+        if gone { subscriber.withLockedValue { $0 }?.unsubscribe([RoomStore.userChannel(user)]) }
+    }
+
+    /// An event published on a user's channel.
+    func deliverUser(_ user: String, _ event: UserRelay) {
+        broadcast { $0.deliverUserEvent(user: user, event) }
+    }
+
+    // MARK: the subscription
 
     /// Runs `body` for every gateway link, one task per event loop.
     private func broadcast(_ body: @escaping @Sendable (WorkerLinkHandler) -> Void) {
@@ -134,41 +352,28 @@ final class Hub: Sendable {
         broadcast { $0.announceDraining() }
     }
 
-    /// Subscribed and caught up: live messages go straight to the streams.
-    var isRelaying: Bool { relay.withLockedValue { !$0.filling } }
+    /// Subscribed to the fixed channels (logouts, credential changes).
+    var isRelaying: Bool { relay.withLockedValue { $0.subscribed } }
 
-    /// The subscription is gone: hold live messages until the gap is filled.
+    /// The subscription is gone: every room waits for a gap fill, every user channel for its confirmation.
     func subscriptionLost() {
-        relay.withLockedValue {
-            $0.filling = true
-            $0.epoch += 1
-        }
-    }
-
-    /// The subscription is back: sessions ended while it was down are found by looking again.
-    func recheckSessions() {
-        broadcast { $0.recheckSessions() }
-    }
-
-    /// Where a gap fill starts (the last id relayed, nil before the first subscription) and its epoch.
-    var gapFillStart: (after: MessageID?, epoch: Int) { relay.withLockedValue { ($0.lastRelayed, $0.epoch) } }
-
-    /// Relays the messages missed while unsubscribed (in order), then what waited, and goes live.
-    /// `initial` (the first subscription) relays nothing older than `startingAfter`.
-    /// Returns false when the subscription was lost again meanwhile (nothing is relayed then).
-    @discardableResult
-    func finishGapFill(missed: [ChatMessage], startingAfter start: MessageID?, epoch: Int) -> Bool {
-        relay.withLockedValue { r -> Bool in
-            guard r.epoch == epoch else { return false }
-            if r.lastRelayed == nil { r.lastRelayed = start }
-            for m in missed + r.waiting where r.lastRelayed.map({ m.id > $0 }) ?? true {
-                r.lastRelayed = m.id
-                fanOut(m)
+        relay.withLockedValue { r in
+            r.subscribed = false
+            for room in Array(r.rooms.keys) {
+                r.rooms[room]!.filling = true
+                r.rooms[room]!.fillRunning = false
+                r.rooms[room]!.epoch += 1
+                r.rooms[room]!.pendingSubscribes = 0
             }
-            r.waiting = []
-            r.filling = false
-            return true
+            for user in Array(r.users.keys) { r.users[user]!.confirmed = false }
         }
+    }
+
+    /// The subscription is back: sessions ended and memberships changed while it was down
+    /// are found by looking again.
+    func subscriptionRestored() {
+        relay.withLockedValue { $0.subscribed = true }
+        broadcast { $0.recheckStreams() }
     }
 
     // MARK: presence

@@ -40,11 +40,15 @@ struct StreamStateMachine<Payload, Frame> {
     enum LiveDecision: Equatable { case send, held, skip, closeSlow }
 
     private(set) var phase = Phase.checkingSession
-    /// The greatest message id sent on this stream.
-    private(set) var lastSent = MessageID.zero
-    private var replaysRunning = 0
-    private var held: [(id: MessageID, payload: Payload)] = []
-    private var eventsBeforeWelcome: [Payload] = []
+    /// The rooms the stream's user is in, each with the greatest message id sent of it
+    /// (ids order events within a room only). Known from `welcomeReady` on.
+    private(set) var rooms: [String: MessageID] = [:]
+    /// Membership changes that came before the welcome's snapshot, applied after it in order.
+    private var pendingMembership: [(room: String, lastID: MessageID?)] = []
+    private var replaysRunning: [String: Int] = [:]
+    private var held: [(room: String, id: MessageID, payload: Payload)] = []
+    /// Events before `welcome`; `room` nil for the ones of every stream (presence, the user's own).
+    private var eventsBeforeWelcome: [(room: String?, payload: Payload)] = []
     private var inbox: [(frame: Frame, bytes: Int)] = []
     private var inboxHead = 0
     private var inboxBytes = 0
@@ -102,44 +106,104 @@ struct StreamStateMachine<Payload, Frame> {
         return close(1013)
     }
 
-    /// The welcome frame is ready; `lastHistory` is the newest message it carries.
+    /// The welcome frame is ready; `lastHistory` is the newest lobby message it carries (v1's one room).
     mutating func welcomeReady(_ welcome: Payload, lastHistory: MessageID?) -> [Action] {
+        welcomeReady(welcome, rooms: [ChatLimits.lobby: lastHistory ?? .zero])
+    }
+
+    /// The welcome frame is ready, with the user's rooms as the snapshot read for it, each with
+    /// the newest id the client is taken to have (the lobby's last history id, other rooms' last_id).
+    mutating func welcomeReady(_ welcome: Payload, rooms snapshot: [String: MessageID]) -> [Action] {
         guard phase == .welcoming else { return [] }
         phase = .live
+        rooms = snapshot
+        for change in pendingMembership {
+            if let id = change.lastID { _ = joined(room: change.room, lastID: id) } else { _ = left(room: change.room) }
+        }
+        pendingMembership = []
         var actions: [Action] = [.send(welcome)]
-        for e in eventsBeforeWelcome { actions.append(.send(e)) }
+        for e in eventsBeforeWelcome where e.room.map({ rooms[$0] != nil }) ?? true { actions.append(.send(e.payload)) }
         eventsBeforeWelcome = []
-        if let lastHistory { lastSent = max(lastSent, lastHistory) }
         actions += releaseHeld()
         busy = false
         actions += nextFrame()
         return actions
     }
 
-    /// A message relayed live to the stream's room.
-    mutating func live(id: MessageID, payload: Payload) -> LiveDecision {
+    /// Whether the user is in `room` (as this stream last heard).
+    func isMember(_ room: String) -> Bool { rooms[room] != nil }
+    var memberRooms: [String] { Array(rooms.keys) }
+
+    /// The user is now in `room`, whose newest event was `lastID`: what follows is delivered.
+    /// Returns whether the stream was not in it before (false too before the welcome's snapshot).
+    mutating func joined(room: String, lastID: MessageID) -> Bool {
+        switch phase {
+        case .closed: return false
+        case .checkingSession, .welcoming:
+            pendingMembership.append((room, lastID))
+            return false
+        case .live:
+            if let sent = rooms[room] {
+                rooms[room] = max(sent, lastID)
+                return false
+            }
+            rooms[room] = lastID
+            return true
+        }
+    }
+
+    /// The user is no longer in `room`: nothing more of it reaches the stream, held or live.
+    /// Returns whether it was in it.
+    mutating func left(room: String) -> Bool {
+        switch phase {
+        case .closed: return false
+        case .checkingSession, .welcoming:
+            pendingMembership.append((room, nil))
+            return false
+        case .live:
+            guard rooms.removeValue(forKey: room) != nil else { return false }
+            held.removeAll { $0.room == room }
+            return true
+        }
+    }
+
+    /// A history event relayed live to one of the user's rooms.
+    mutating func live(room: String = ChatLimits.lobby, id: MessageID, payload: Payload) -> LiveDecision {
         switch phase {
         case .closed: return .skip
         case .checkingSession, .welcoming: break
-        case .live where replaysRunning == 0:
-            guard id > lastSent else { return .skip }
-            lastSent = id
+        case .live:
+            guard let sent = rooms[room] else { return .skip }
+            guard replaysRunning[room, default: 0] == 0 else { break }
+            guard id > sent else { return .skip }
+            rooms[room] = id
             return .send
-        case .live: break
         }
         guard held.count < maxHeld else { return .closeSlow }
-        held.append((id, payload))
+        held.append((room, id, payload))
         return .held
     }
 
-    /// An event for every stream (presence): after `welcome`, never before.
+    /// A live-only event of a room (`member`, `typing`, `room_updated`): for members, after `welcome`.
+    mutating func roomEvent(room: String, payload: Payload) -> LiveDecision {
+        switch phase {
+        case .closed: return .skip
+        case .live: return rooms[room] != nil ? .send : .skip
+        case .checkingSession, .welcoming:
+            guard eventsBeforeWelcome.count < maxHeld else { return .skip }
+            eventsBeforeWelcome.append((room, payload))
+            return .held
+        }
+    }
+
+    /// An event for every stream (presence) or for all of the user's: after `welcome`, never before.
     mutating func event(_ payload: Payload) -> LiveDecision {
         switch phase {
         case .closed: return .skip
         case .live: return .send
         case .checkingSession, .welcoming:
             guard eventsBeforeWelcome.count < maxHeld else { return .skip }
-            eventsBeforeWelcome.append(payload)
+            eventsBeforeWelcome.append((nil, payload))
             return .held
         }
     }
@@ -186,40 +250,50 @@ struct StreamStateMachine<Payload, Frame> {
         return actions
     }
 
-    /// A `sync` replay starts: hold live messages until it ends.
-    mutating func replayBegan() {
-        replaysRunning += 1
+    /// A replay of `room` starts (a `sync`, or the catch-up after the welcome): hold its live events until it ends.
+    mutating func replayBegan(room: String = ChatLimits.lobby) {
+        replaysRunning[room, default: 0] += 1
     }
 
-    /// Stored messages for the replay, in order; sent even if older than what live delivery sent.
-    mutating func replayed(_ messages: [(id: MessageID, payload: Payload)]) -> [Action] {
-        guard phase != .closed else { return [] }
+    /// Stored events of `room` for the replay, in order; sent even if older than what live
+    /// delivery sent (the client asked for them), and only while the user is in the room.
+    mutating func replayed(room: String = ChatLimits.lobby, _ messages: [(id: MessageID, payload: Payload)]) -> [Action] {
+        guard phase != .closed, let sent = rooms[room] else { return [] }
         var actions: [Action] = []
         actions.reserveCapacity(messages.count)
+        var newest = sent
         for m in messages {
             actions.append(.send(m.payload))
-            lastSent = max(lastSent, m.id)
+            newest = max(newest, m.id)
         }
+        rooms[room] = newest
         return actions
     }
 
     /// The replay is over: send `synced` (if given), then what was held and is newer.
-    mutating func replayEnded(_ synced: Payload?) -> [Action] {
-        replaysRunning = max(0, replaysRunning - 1)
+    mutating func replayEnded(room: String = ChatLimits.lobby, _ synced: Payload?) -> [Action] {
+        let running = replaysRunning[room, default: 0]
+        if running <= 1 { replaysRunning.removeValue(forKey: room) } else { replaysRunning[room] = running - 1 }
         guard phase != .closed else { return [] }
         var actions: [Action] = []
-        if let synced { actions.append(.send(synced)) }
+        if let synced, rooms[room] != nil { actions.append(.send(synced)) }
         actions += releaseHeld()
         return actions
     }
 
     private mutating func releaseHeld() -> [Action] {
-        guard phase == .live, replaysRunning == 0, !held.isEmpty else { return [] }
+        guard phase == .live, !held.isEmpty else { return [] }
         let waiting = held
         held = []
         var actions: [Action] = []
-        for m in waiting where m.id > lastSent {
-            lastSent = m.id
+        for m in waiting {
+            guard let sent = rooms[m.room] else { continue }
+            if replaysRunning[m.room, default: 0] > 0 {
+                held.append(m)
+                continue
+            }
+            guard m.id > sent else { continue }
+            rooms[m.room] = m.id
             actions.append(.send(m.payload))
         }
         return actions
@@ -260,6 +334,8 @@ struct StreamStateMachine<Payload, Frame> {
     private mutating func finish() {
         phase = .closed
         held = []
+        rooms = [:]
+        pendingMembership = []
         eventsBeforeWelcome = []
         inbox = []
         inboxHead = 0

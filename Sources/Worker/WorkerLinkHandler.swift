@@ -7,7 +7,8 @@ import Proto
 struct WorkerContext: Sendable {
     let workerID: String
     let hub: Hub
-    let store: MessageStore
+    let rooms: RoomStore
+    let historyCount: Int
     let limiter: RateLimiterClient
     let coordinator: CoordinatorLink
     let logger: Logger
@@ -31,6 +32,9 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         let sessionHash: String
         /// A replay's next page, waiting for the gateway's `room`.
         var outputWaiters: [EventLoopPromise<Void>] = []
+        /// The rooms this stream holds a subscription of in the Hub, and whether it watches its user.
+        var retained: Set<String> = []
+        var watching = false
     }
 
     private enum Handshake {
@@ -42,7 +46,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     let ctx: WorkerContext
     private var handshake = Handshake.awaitingHello
     private var context: ChannelHandlerContext?
-    private var streams: [UInt32: Stream] = [:]
+    private(set) var streams: [UInt32: Stream] = [:]
+    /// Streams by room (those past their welcome) and by user: fan-out looks only where it goes.
+    private var roomIndex: [String: Set<UInt32>] = [:]
+    private var userIndex: [String: Set<UInt32>] = [:]
     private var tickTask: RepeatedTask?
     private var needsFlush = false
     private var logger: Logger
@@ -169,7 +176,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     // MARK: running the machines
 
     /// Feeds one event to a stream's machine and performs what it returns.
-    private func event(_ id: UInt32, _ body: (inout Machine) -> [Machine.Action]) {
+    func event(_ id: UInt32, _ body: (inout Machine) -> [Machine.Action]) {
         guard streams[id] != nil else { return }
         let actions = body(&streams[id]!.machine)
         perform(actions, stream: id)
@@ -212,6 +219,12 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         if let gone = streams.removeValue(forKey: id) {
             Telemetry.workerStreams.decrement()
             for w in gone.outputWaiters { w.fail(StreamGone()) }
+            for room in gone.retained { unindex(id, room: room) }
+            if gone.watching {
+                userIndex[gone.info.user]?.remove(id)
+                if userIndex[gone.info.user]?.isEmpty == true { userIndex.removeValue(forKey: gone.info.user) }
+                ctx.hub.unwatchUser(gone.info.user)
+            }
         }
         ctx.hub.remove(stream.info.id)
         logger.debug("stream closed", metadata: ["connection.id": "\(stream.info.id)"])
@@ -238,39 +251,86 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         }
     }
 
+    /// The welcome: once the user's channel is subscribed (so no membership change is missed
+    /// from here on), the coordinator's online list, the user's rooms and the lobby's history.
     private func fetchWelcome(_ id: UInt32, _ stream: Stream) {
         guard let bound, let loop = context?.eventLoop else { return }
         let ctx = self.ctx, info = stream.info
         ctx.hub.markReported(info.id)
-        ctx.coordinator.callFuture(.connectionOpened(worker: ctx.workerID, connection: info)).hop(to: loop)
+        streams[id]?.watching = true
+        userIndex[info.user, default: []].insert(id)
+        let online = ctx.coordinator.callFuture(.connectionOpened(worker: ctx.workerID, connection: info)).hop(to: loop)
             .map { response -> [String]? in
                 if case let .opened(list) = response { return list }
                 if response == .denied { return nil }
                 return ctx.hub.bestKnownOnline
             }
             .flatMapErrorThrowing { _ in ctx.hub.bestKnownOnline }
-            .and(ctx.store.recent(room: ChatLimits.lobby, on: loop).flatMapErrorThrowing { _ in [] })
-            .whenSuccess { online, history in
-                guard let online else {
-                    // The user has as many sockets open as allowed (--max-sockets-per-user).
-                    let h = bound.value
-                    h.logger.info("too many sockets for this user; refused", metadata: ["user": "\(info.user)"])
-                    h.event(id) { $0.close(4009) }
-                    h.flushIfNeeded()
-                    return
-                }
-                var everyone = online
-                if !everyone.contains(info.user) { everyone.append(info.user) }
-                let json = ServerFrame.welcome(user: info.user, room: ChatLimits.lobby, online: everyone.sorted(), history: history).json
-                let h = bound.value
-                h.event(id) { $0.welcomeReady(ByteBuffer(string: json), lastHistory: history.last?.id) }
-                h.flushIfNeeded()
+        let snapshot = ctx.hub.watchUser(info.user, on: loop).flatMap {
+            ctx.rooms.rooms(user: info.user, on: loop)
+                .and(ctx.rooms.recent(room: ChatLimits.lobby, count: ctx.historyCount, on: loop))
+        }
+        online.and(snapshot).whenComplete { result in
+            let h = bound.value
+            defer { h.flushIfNeeded() }
+            guard case let .success((online, (rooms, history))) = result else {
+                // Redis is down or the stream went away meanwhile: the client comes back later.
+                h.event(id) { $0.close(1013) }
+                return
             }
+            guard let online else {
+                // The user has as many sockets open as allowed (--max-sockets-per-user).
+                h.logger.info("too many sockets for this user; refused", metadata: ["user": "\(info.user)"])
+                h.event(id) { $0.close(4009) }
+                return
+            }
+            var everyone = online
+            if !everyone.contains(info.user) { everyone.append(info.user) }
+            let json = ServerFrame.welcome(user: info.user, room: ChatLimits.lobby, online: everyone.sorted(),
+                                           history: history, rooms: rooms.json).json
+            var starts = rooms.last
+            // The client has the lobby up to the history it gets, whatever was added since.
+            starts[ChatLimits.lobby] = history.last?.id ?? .zero
+            h.event(id) { $0.welcomeReady(ByteBuffer(string: json), rooms: starts) }
+            h.installRooms(id, snapshot: starts)
+        }
     }
 
-    /// After the subscription was down, logouts (and credential changes) announced meanwhile
-    /// were missed: every checked stream's session is looked up again, and a gone one closes 4001.
-    func recheckSessions() {
+    /// After the welcome: the stream is indexed under its rooms and holds their subscriptions.
+    /// A room this worker already relayed past what the stream starts from may have passed
+    /// this loop before the stream was indexed: those events are replayed to it.
+    private func installRooms(_ id: UInt32, snapshot: [String: MessageID]) {
+        guard let stream = streams[id], !stream.machine.isClosed else { return }
+        for (room, start) in stream.machine.rooms {
+            let relayed = retainRoom(id, room: room, start: start)
+            if relayed > start { replay(since: start, room: room, stream: id, fromClient: false) }
+        }
+    }
+
+    @discardableResult
+    private func retainRoom(_ id: UInt32, room: String, start: MessageID) -> MessageID {
+        guard streams[id] != nil, !streams[id]!.retained.contains(room) else { return .zero }
+        streams[id]!.retained.insert(room)
+        roomIndex[room, default: []].insert(id)
+        return ctx.hub.retain(room: room, start: start)
+    }
+
+    private func releaseRoom(_ id: UInt32, room: String) {
+        guard streams[id]?.retained.remove(room) != nil else { return }
+        unindex(id, room: room)
+    }
+
+    private func unindex(_ id: UInt32, room: String) {
+        roomIndex[room]?.remove(id)
+        if roomIndex[room]?.isEmpty == true { roomIndex.removeValue(forKey: room) }
+        ctx.hub.release(room: room)
+    }
+
+    /// After the subscription was down, logouts, credential changes and membership changes
+    /// announced meanwhile were missed: every checked stream's session is looked up again (a
+    /// gone one closes 4001), and its rooms are read again; when they changed, the stream's
+    /// rooms follow and the client gets a fresh `rooms` frame.
+    func recheckStreams() {
         guard let bound, let loop = context?.eventLoop else { return }
         for (id, stream) in streams where stream.machine.sessionEndsAt != nil {
             let user = stream.info.user, connectionID = stream.info.id
@@ -281,7 +341,26 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 h.event(id) { $0.sessionLost() }
                 h.flushIfNeeded()
             }
+            guard stream.machine.phase == .live else { continue }
+            ctx.rooms.rooms(user: user, on: loop).whenSuccess { rooms in
+                bound.value.reconcileRooms(id, rooms: rooms)
+            }
         }
+    }
+
+    private func reconcileRooms(_ id: UInt32, rooms: (json: String, last: [String: MessageID])) {
+        guard let stream = streams[id], stream.machine.phase == .live else { return }
+        var changed = false
+        for room in stream.machine.memberRooms where rooms.last[room] == nil {
+            if streams[id]!.machine.left(room: room) { changed = true }
+            releaseRoom(id, room: room)
+        }
+        for (room, last) in rooms.last where !stream.machine.isMember(room) {
+            if streams[id]!.machine.joined(room: room, lastID: last) { changed = true }
+            retainRoom(id, room: room, start: last)
+        }
+        if changed { reply(id, .object(type: "rooms", ref: nil, fields: "\"rooms\":" + rooms.json)) }
+        flushIfNeeded()
     }
 
     private func touchSession(_ id: UInt32, _ stream: Stream) {
@@ -322,50 +401,29 @@ final class WorkerLinkHandler: ChannelInboundHandler {
 
     // MARK: client frames
 
-    private func reply(_ id: UInt32, _ frame: ServerFrame) {
+    func reply(_ id: UInt32, _ frame: ServerFrame) {
         guard streams[id] != nil else { return }
         write(.send(stream: id, payload: ByteBuffer(string: frame.json)))
     }
 
-    private func done(_ id: UInt32) {
+    func done(_ id: UInt32) {
         event(id) { $0.frameDone() }
         flushIfNeeded()
     }
 
+    /// Runs on the link's loop; `body` gets the handler back there.
+    var loopBound: (NIOLoopBound<WorkerLinkHandler>, EventLoop)? {
+        guard let bound, let loop = context?.eventLoop else { return nil }
+        return (bound, loop)
+    }
+
     private func process(_ bytes: ByteBuffer, stream id: UInt32, info: ConnectionInfo) {
-        guard let bound, let loop = context?.eventLoop else { return }
-        let ctx = self.ctx
+        guard let (bound, loop) = loopBound else { return }
         switch ClientFrame.decode(bytes.readableBytesView) {
         case let .failure(error):
             reply(id, .error(code: error.code.rawValue, message: error.message, ref: error.ref, retryAfterMs: nil))
             // Next frame on the next loop turn: a burst of bad frames must not recurse frame by frame.
             loop.execute { bound.value.done(id) }
-        case let .success(.send(body, ref, room)):
-            ctx.limiter.check(.message, key: info.user, on: loop).flatMap { decision -> EventLoopFuture<ServerFrame> in
-                guard decision.allowed else {
-                    Telemetry.rateLimited("message").increment()
-                    let limited = ServerFrame.error(code: "rate_limited", message: "sending too fast", ref: ref,
-                                                    retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up))))
-                    // A retry of a stored message is answered, not limited: the client only lost its ack.
-                    guard let ref else { return loop.makeSucceededFuture(limited) }
-                    return ctx.store.storedID(user: info.user, ref: ref, on: loop)
-                        .map { stored in stored.map { ServerFrame.ack(ref: ref, id: $0) } ?? limited }
-                        .flatMapErrorThrowing { _ in limited }
-                }
-                return ctx.store.append(room: room, from: info.user, text: body, ref: ref, on: loop)
-                    .map { id, new in
-                        if new { Telemetry.messagesStored.increment() }
-                        return ServerFrame.ack(ref: ref, id: id)
-                    }
-                    .flatMapErrorThrowing { error in
-                        ctx.logger.warning("message not stored", metadata: ["error": "\(error)", "user": "\(info.user)"])
-                        return .error(code: "unavailable", message: "temporarily unavailable; retry with the same ref", ref: ref, retryAfterMs: 1000)
-                    }
-            }.whenSuccess { frame in
-                let h = bound.value
-                h.reply(id, frame)
-                h.done(id)
-            }
         case let .success(.sync(since, room)):
             // A sync replays history from Redis: it is charged to the user's sync limit.
             ctx.limiter.check(.sync, key: info.user, on: loop).whenSuccess { decision in
@@ -377,8 +435,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                     h.done(id)
                     return
                 }
-                h.replay(since: since, room: room, stream: id)
+                h.replay(since: since, room: room, stream: id, fromClient: true)
             }
+        case let .success(frame):
+            roomFrame(frame, stream: id, info: info)
         }
     }
 
@@ -394,40 +454,69 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         return p.futureResult
     }
 
-    private func replay(since: MessageID, room: String, stream id: UInt32) {
-        guard let bound, let loop = context?.eventLoop else { return }
-        event(id) { $0.replayBegan(); return [] }
-        // Paced by the reader: each page waits until the gateway has room for this client, so
-        // a large sync to a slow (but reading) client is not cut off with 4008.
-        ctx.store.since(since, room: room, batch: MessageStore.replayPage, on: loop, ready: { bound.value.outputReady(id, on: loop) }) { page in
-            let h = bound.value
-            h.event(id) { $0.replayed(page.map { (id: $0.id, payload: ByteBuffer(string: $0.json)) }) }
-            h.flushIfNeeded()
-        }.whenComplete { result in
+    /// Messages per page of a replay: small enough that one page of the largest messages
+    /// (20 × at most 24 KB of JSON) fits a client's queue with room to spare; the next page
+    /// waits until the gateway says the queue is short again.
+    static let replayPage = 20
+
+    /// Replays `room` after `since` to the stream, page by page, each page read by a script
+    /// that first checks the user is still in the room (so a removal cuts a replay short).
+    /// `fromClient`: a `sync` (ends with `synced`, then the next frame); else the catch-up
+    /// after the welcome.
+    private func replay(since: MessageID, room: String, stream id: UInt32, fromClient: Bool) {
+        guard let (bound, loop) = loopBound, let user = streams[id]?.info.user else { return }
+        let rooms = ctx.rooms
+        event(id) { $0.replayBegan(room: room); return [] }
+        @Sendable func page(after cursor: MessageID, first: Bool) -> EventLoopFuture<Result<Bool, Refusal>> {
+            let go = first ? loop.makeSucceededVoidFuture() : bound.value.outputReady(id, on: loop)
+            return go.flatMap {
+                rooms.page(user: user, room: room, after: cursor, count: Self.replayPage, on: loop)
+            }.flatMap { result in
+                switch result {
+                case let .failure(refusal): return loop.makeSucceededFuture(.failure(refusal))
+                case let .success((messages, trimmed)):
+                    let h = bound.value
+                    if !messages.isEmpty {
+                        h.event(id) { $0.replayed(room: room, messages.map { (id: $0.id, payload: ByteBuffer(string: $0.json)) }) }
+                        h.flushIfNeeded()
+                    }
+                    guard messages.count == Self.replayPage, let last = messages.last else {
+                        return loop.makeSucceededFuture(.success(trimmed.map { since >= $0 } ?? true))
+                    }
+                    return page(after: last.id, first: false)
+                }
+            }
+        }
+        page(after: since, first: true).whenComplete { result in
             let h = bound.value
             switch result {
-            case let .success(recovered):
-                let synced = ByteBuffer(string: ServerFrame.synced(room: room, recovered: recovered).json)
-                h.event(id) { $0.replayEnded(synced) }
+            case let .success(.success(recovered)):
+                let synced = fromClient ? ByteBuffer(string: ServerFrame.synced(room: room, recovered: recovered).json) : nil
+                h.event(id) { $0.replayEnded(room: room, synced) }
+            case let .success(.failure(refusal)):
+                if fromClient { h.reply(id, .error(code: refusal.code, message: refusal.message, ref: nil, retryAfterMs: nil)) }
+                h.event(id) { $0.replayEnded(room: room, nil) }
             case .failure:
-                h.reply(id, .error(code: "unavailable", message: "history temporarily unavailable", ref: nil, retryAfterMs: 1000))
-                h.event(id) { $0.replayEnded(nil) }
+                if fromClient { h.reply(id, .error(code: "unavailable", message: "history temporarily unavailable", ref: nil, retryAfterMs: 1000)) }
+                h.event(id) { $0.replayEnded(room: room, nil) }
             }
-            h.done(id)
+            if fromClient { h.done(id) } else { h.flushIfNeeded() }
         }
     }
 
     // MARK: fan-out (called on this link's event loop by the Hub)
 
-    /// One live message for every stream on this link that should have it: one `deliver` frame.
+    /// One live history event for every stream on this link in its room: one `deliver` frame.
     func deliverLive(_ frame: SharedFrame) {
+        guard let ids = roomIndex[frame.message.room] else { return }
+        let room = frame.message.room
         var targets: [UInt32] = []
         var slow: [UInt32] = []
-        for i in streams.indices {
-            switch streams.values[i].machine.live(id: frame.message.id, payload: frame.payload) {
-            case .send: targets.append(streams.keys[i])
-            case .closeSlow: slow.append(streams.keys[i])
-            case .held, .skip: break
+        for id in ids {
+            switch streams[id]?.machine.live(room: room, id: frame.message.id, payload: frame.payload) {
+            case .send?: targets.append(id)
+            case .closeSlow?: slow.append(id)
+            case .held?, .skip?, nil: break
             }
         }
         if !targets.isEmpty {
@@ -435,6 +524,51 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             write(.deliver(payload: frame.payload, streams: targets))
         }
         for id in slow { event(id) { $0.close(4008) } }
+        flushIfNeeded()
+    }
+
+    /// A live-only event of a room (`member`, `room_updated`, `typing`), to its members here
+    /// but the streams of `except` (a typer's own).
+    func deliverRoomEvent(room: String, payload: ByteBuffer, except: String?) {
+        guard let ids = roomIndex[room] else { return }
+        var targets: [UInt32] = []
+        for id in ids {
+            guard let s = streams[id], s.info.user != except else { continue }
+            if streams[id]!.machine.roomEvent(room: room, payload: payload) == .send { targets.append(id) }
+        }
+        if !targets.isEmpty { write(.deliver(payload: payload, streams: targets)) }
+        flushIfNeeded()
+    }
+
+    /// An event of the user's channel, for every stream of the user here: membership changes
+    /// take effect on the streams before anything published after them arrives.
+    func deliverUserEvent(user: String, _ event: UserRelay) {
+        guard let ids = userIndex[user] else { return }
+        var targets: [UInt32] = []
+        let json: String, except: String
+        switch event {
+        case let .added(room, lastID, x, j):
+            json = j
+            except = x
+            for id in ids where streams[id] != nil {
+                if streams[id]!.machine.joined(room: room, lastID: lastID) { retainRoom(id, room: room, start: lastID) }
+            }
+        case let .removed(room, x, j):
+            json = j
+            except = x
+            for id in ids where streams[id] != nil {
+                if streams[id]!.machine.left(room: room) { releaseRoom(id, room: room) }
+            }
+        case let .frame(x, j):
+            json = j
+            except = x
+        }
+        let payload = ByteBuffer(string: json)
+        for id in ids {
+            guard let s = streams[id], s.info.id != except else { continue }
+            if streams[id]!.machine.event(payload) == .send { targets.append(id) }
+        }
+        if !targets.isEmpty { write(.deliver(payload: payload, streams: targets)) }
         flushIfNeeded()
     }
 
@@ -468,7 +602,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         needsFlush = true
     }
 
-    private func flushIfNeeded() {
+    func flushIfNeeded() {
         guard needsFlush, let context else { return }
         needsFlush = false
         context.flush()

@@ -21,6 +21,11 @@ enum WorkerMain {
       --history-max N            messages kept per room (default 10000)
       --max-queued-frames N      live messages a stream may hold during a sync replay (default 1024)
       --session-idle-seconds N, --session-max-seconds N   session lifetimes (default 43200, 604800)
+      --admins A,B               deployment admins: remove members, change rooms and delete messages in
+                                 any room but dms (default admin)
+      --max-rooms-per-user N     rooms a user may be in (default 500)
+      --room-creations-per-hour N  rooms a user may create in an hour (default 10)
+      --max-private-members N    members of a private room (default 1000)
       --event-loops N            event-loop threads (default: one per core; the launcher gives each
                                  of its workers cores/workers)
     """ + "\n" + ProcessSupport.commonHelp
@@ -35,8 +40,16 @@ enum WorkerMain {
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int
+        var roomLimits = RoomStore.Limits()
         do {
-            try options.refuseUnknown(["advertise", "history", "history-max", "id", "listen", "max-queued-frames", "event-loops"])
+            try options.refuseUnknown(["advertise", "history", "history-max", "id", "listen", "max-queued-frames", "event-loops",
+                                       "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members"])
+            roomLimits.roomsPerUser = try options.int("max-rooms-per-user", default: 500)
+            roomLimits.creationsPerHour = try options.int("room-creations-per-hour", default: 10)
+            roomLimits.privateMembers = try options.int("max-private-members", default: 1000)
+            guard roomLimits.roomsPerUser > 0, roomLimits.creationsPerHour >= 0, roomLimits.privateMembers > 1 else {
+                throw Options.Invalid("--max-rooms-per-user must be positive, --max-private-members at least 2")
+            }
             listen = try Endpoint(parsing: options.string("listen", default: "\(stateDir)/\(workerID).sock"))
             if case .tcp = listen, options.string("cluster-secret") == nil {
                 // On TCP anyone who reaches the port could open streams: the links must prove a secret.
@@ -66,9 +79,10 @@ enum WorkerMain {
         let redisTLS: RedisTLS?
         do { redisTLS = try RedisTLS.from(options: options) } catch { ProcessSupport.fail("\(error)") }
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger)
-        let hub = Hub(group: group)
+        let admins = Set(options.string("admins", default: "admin").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        let rooms = RoomStore(redis: redis, streamMax: streamMax, limits: roomLimits, admins: admins)
+        let hub = Hub(group: group, store: rooms, logger: logger)
         let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })
-        let (subscribed, subscribedSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let coordinator = CoordinatorLink(
             endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
             onEvent: { frame in
@@ -80,21 +94,24 @@ enum WorkerMain {
             },
             onConnect: { _ in readiness.linkReconnected() }
         )
-        let store = MessageStore(redis: redis, streamMax: streamMax, historyCount: historyCount)
         let ctx = WorkerContext(
             workerID: workerID, hub: hub,
-            store: store,
+            rooms: rooms, historyCount: historyCount,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             coordinator: coordinator, logger: logger, maxHeldFrames: maxQueued,
             sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
             auth: LinkAuth(secret: options.string("cluster-secret"))
         )
-        let roomChannel = MessageStore.channel(ChatLimits.lobby)
+        let roomPrefix = RoomStore.roomChannelPrefix, userPrefix = RoomStore.userChannelPrefix
         let subscriber = RedisSubscriber(
-            endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, channels: [roomChannel, SessionStore.logoutChannel, SessionStore.credentialsChannel], group: group, logger: logger,
+            endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS,
+            channels: [SessionStore.logoutChannel, SessionStore.credentialsChannel], group: group, logger: logger,
             onMessage: { channel, payload in
-                if channel == roomChannel {
-                    if let m = ChatMessage(relayPayload: payload, room: ChatLimits.lobby) { hub.deliver(m) }
+                if channel.hasPrefix(roomPrefix) {
+                    let room = String(channel.dropFirst(roomPrefix.count))
+                    if let event = RoomRelay(payload: payload, room: room) { hub.deliver(room: room, event) }
+                } else if channel.hasPrefix(userPrefix) {
+                    if let event = UserRelay(payload: payload) { hub.deliverUser(String(channel.dropFirst(userPrefix.count)), event) }
                 } else if channel == SessionStore.logoutChannel {
                     hub.closeSessions(hash: payload, code: 4001)
                 } else if channel == SessionStore.credentialsChannel {
@@ -102,18 +119,15 @@ enum WorkerMain {
                     hub.closeUser(payload, code: 4001)
                 }
             },
+            onSubscribed: { channel in hub.channelSubscribed(channel) },
             onState: { up in
-                if up {
-                    subscribedSignal.yield()
-                    hub.recheckSessions()
-                } else {
-                    hub.subscriptionLost()
-                }
+                if up { hub.subscriptionRestored() } else { hub.subscriptionLost() }
             }
         )
+        hub.attach(subscriber)
         // Started in this order, stopped in reverse: the server drains first, Redis goes last.
         var services: [any Service] = [
-            redis, GapFillService(hub: hub, store: store, logger: logger, subscribed: subscribed, eventLoop: group.next()), subscriber, coordinator,
+            redis, subscriber, coordinator,
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
             WorkerService(listen: listen, ctx: ctx, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]

@@ -11,7 +11,7 @@ import Testing
     final class Seen: Sendable {
         let errors = NIOLockedValueBox<[String]>([])
         let messages = NIOLockedValueBox<[String]>([])
-        let subscribed = NIOLockedValueBox<[Int]>([])
+        let subscribed = NIOLockedValueBox<[String]>([])
     }
 
     func channel(_ seen: Seen) throws -> EmbeddedChannel {
@@ -39,7 +39,7 @@ import Testing
         try ch.writeInbound(RESPValue.array([.bulk("subscribe"), .bulk("sc:room:lobby"), .integer(1)]))
         try ch.writeInbound(RESPValue.array([.bulk("message"), .bulk("sc:room:lobby"), .bulk("1-0\n1\na\nhi")]))
         #expect(ch.isActive)
-        #expect(seen.subscribed.withLockedValue { $0 } == [1])
+        #expect(seen.subscribed.withLockedValue { $0 } == ["sc:room:lobby"])
         #expect(seen.messages.withLockedValue { $0 } == ["sc:room:lobby=1-0\n1\na\nhi"])
         #expect(seen.errors.withLockedValue { $0 }.isEmpty)
         _ = try ch.finish()

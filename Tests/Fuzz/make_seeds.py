@@ -19,6 +19,13 @@ CLIENT = [
     b'{"type":"send","text":"a","ref":' + b'"' + b"r" * 129 + b'"}',
     b'{"type":"send","text":"a","room":"other"}',
     b'{"type":"sync","since":"1700000000000-3"}',
+    b'{"type":"create_room","name":"Dev-Team","kind":"private","encrypted":true,"title":"Dev","ref":"c"}',
+    b'{"type":"send","room":"dm:alice:bob","e2ee":{"v":1,"c":"AAAA"},"reply_to":"1-0"}',
+    b'{"type":"react","room":"dev","id":"1-0","emoji":"\ud83d\udc4d","on":false}',
+    b'{"type":"history","room":"dev","before":"5-0","limit":100}',
+    b'{"type":"history","room":"dev","limit":true}',
+    b'{"type":"invite","room":"dev","user":"b\u00f6b"}',
+    b'{"type":"edit","room":"dev","id":"1-0","text":"fixed"}',
     b'{"type":"sync","since":"18446744073709551616-0"}',
     b'{"type":"sync","since":"007"}',
     b'{"type":"typing"}',
@@ -29,7 +36,8 @@ CLIENT = [
     b'null',
 ]
 IDS = [b"1-0", b"1700000000000-42", b"18446744073709551615-18446744073709551615", b"007", b"1-2-3", b"-1", b"", b"1-"]
-RELAY = [b"1-0\n1700000000000\nalice\nhello", b"2-0\n1\nbob\nline one\nline two\n", b"3-0\nx\nbob\nhi", b"4-0\n5\n\n"]
+RELAY = [b'm\n1-0\nalice\n"text":"hello"', b'm\n2-0\nbob\n"text":"line one\\nline two"', b"m\n3-0\nbob\n",
+         b'e\n{"type":"member","room":"dev","user":"a","joined":true}', b't\nbob\n{"type":"typing"}', b"x\n1-0"]
 COORD = [
     b'{"request":{"id":1,"_1":{"status":{}}}}',
     b'{"request":{"id":2,"_1":{"rateCheck":{"kind":"message","key":"alice","consume":true}}}}',

@@ -155,6 +155,8 @@ def test_invalid_frames_get_errors_and_connection_survives(deployment):
         await c.send({"type": "send", "text": 5, "ref": "typed"})
         assert (await c.wait_for(lambda f: f["type"] == "error"))["code"] == "bad_request"
         await c.send({"type": "send", "text": "elsewhere", "room": "attic", "ref": "room"})
+        assert (await c.wait_for(lambda f: f["type"] == "error"))["code"] == "not_found"
+        await c.send({"type": "send", "text": "elsewhere", "room": "at tic", "ref": "room2"})
         assert (await c.wait_for(lambda f: f["type"] == "error"))["code"] == "bad_request"
         assert (await c.send_text("still usable", ref="ok"))["type"] == "ack"
         await c.send("x" * (70 * 1024))

@@ -25,7 +25,19 @@ import Testing
         (#"{"type":5}"#, .badRequest),
         (#"{"type":"send"}"#, .badRequest),
         (#"{"type":"send","text":7}"#, .badRequest),
-        (#"{"type":"send","text":"x","room":"attic"}"#, .badRequest),
+        (#"{"type":"send","text":"x","room":"\u00fcber"}"#, .badRequest),
+        (#"{"type":"send","text":"x","room":"-dash"}"#, .badRequest),
+        (#"{"type":"send","text":"x","room":"dm:bob:alice"}"#, .badRequest),
+        (#"{"type":"send","text":"x","e2ee":{}}"#, .badRequest),
+        (#"{"type":"create_room","name":"dev","kind":"public","encrypted":false}"#, .badRequest),
+        (#"{"type":"create_room","name":"dev","kind":"secret"}"#, .badRequest),
+        (#"{"type":"create_room","name":"\u00fc","kind":"public"}"#, .badRequest),
+        (#"{"type":"create_room","name":"dev","kind":"private","encrypted":1}"#, .badRequest),
+        (#"{"type":"history","room":"dev","limit":101}"#, .badRequest),
+        (#"{"type":"history","room":"dev","limit":true}"#, .badRequest),
+        (#"{"type":"react","room":"dev","id":"1-0","emoji":""}"#, .badRequest),
+        (#"{"type":"invite","room":"dev","user":"b o b"}"#, .badRequest),
+        (#"{"type":"join"}"#, .badRequest),
         (#"{"type":"send","text":"x","ref":42}"#, .badRequest),
         (#"{"type":"sync","since":"abc"}"#, .badRequest),
         (#"{"type":"sync"}"#, .badRequest),
@@ -41,6 +53,42 @@ import Testing
 
     @Test func syncParsesIDs() {
         #expect(decode(#"{"type":"sync","since":"1732545000123-7"}"#) == .success(.sync(since: MessageID(ms: 1732545000123, seq: 7), room: "lobby")))
+    }
+}
+
+@Suite struct RoomFrameTests {
+    func decode(_ s: String) -> Result<ClientFrame, ClientFrameError> { ClientFrame.decode(Array(s.utf8)) }
+
+    @Test func namesFoldToLowerCaseInASCIIOnly() {
+        #expect(decode(#"{"type":"create_room","name":"T-AB12","kind":"private","encrypted":true,"ref":"c"}"#)
+            == .success(.createRoom(name: "t-ab12", kind: .private, title: nil, topic: nil, encrypted: true, ref: "c")))
+        #expect(decode(#"{"type":"join","room":"Dev_1"}"#) == .success(.join(room: "dev_1", ref: nil)))
+    }
+
+    @Test func dmIdsAreTheTwoNamesInByteOrder() {
+        #expect(RoomID.dm("bob", "Alice") == "dm:Alice:bob")
+        #expect(RoomID.dmUsers("dm:Alice:bob")! == ("Alice", "bob"))
+        #expect(RoomID.dmUsers("dm:bob:bob") == nil)
+        #expect(decode(#"{"type":"send","room":"dm:Alice:bob","e2ee":{"c":"x"}}"#)
+            == .success(.send(content: .e2ee(#"{"c":"x"}"#), ref: nil, room: "dm:Alice:bob")))
+    }
+
+    @Test func e2eeOverItsLimitIsTooLong() {
+        let big = String(repeating: "a", count: ChatLimits.maxE2EEBytes)
+        guard case let .failure(e) = decode(#"{"type":"send","room":"dm:a:b","e2ee":{"c":"\#(big)"},"ref":"r"}"#) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(e.code == .tooLong && e.ref == "r")
+    }
+
+    @Test func lifecycleFrames() {
+        #expect(decode(#"{"type":"send","text":"re","room":"dev","reply_to":"5-1"}"#)
+            == .success(.send(content: .text("re"), ref: nil, room: "dev", replyTo: MessageID(ms: 5, seq: 1))))
+        #expect(decode(#"{"type":"react","room":"dev","id":"5-1","emoji":"👍","on":false,"ref":"x"}"#)
+            == .success(.react(room: "dev", id: MessageID(ms: 5, seq: 1), emoji: "👍", on: false, ref: "x")))
+        #expect(decode(#"{"type":"history","room":"dev"}"#) == .success(.history(room: "dev", before: nil, limit: 50, ref: nil)))
+        #expect(decode(#"{"type":"typing","room":"dev","ref":"t"}"#).map(\.ref) == .success("t"))
     }
 }
 

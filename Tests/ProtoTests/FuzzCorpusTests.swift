@@ -29,7 +29,7 @@ import Testing
         #expect(body(.clientFrame).contains { if case .success = ClientFrame.decode($0) { true } else { false } })
         #expect(body(.clientFrame).contains { if case .failure = ClientFrame.decode($0) { true } else { false } })
         #expect(body(.messageID).contains { MessageID(String(decoding: $0, as: UTF8.self)) != nil })
-        #expect(body(.relayPayload).contains { ChatMessage(relayPayload: String(decoding: $0, as: UTF8.self), room: "lobby") != nil })
+        #expect(body(.relayPayload).contains { RoomRelay(payload: String(decoding: $0, as: UTF8.self), room: "lobby") != nil })
         let decodedFrames = body(.coordinatorFrame).filter { (try? CoordinatorCodec.decode(ByteBuffer(bytes: $0))) != nil }
         #expect(decodedFrames.count >= 7)
     }

@@ -10,18 +10,18 @@ import Testing
 
     @Test func messageEscapesEverything() throws {
         let text = "quote \" backslash \\ newline \n tab \t bell \u{7} <script>alert(1)</script> \u{2028} é 😀"
-        let m = ChatMessage(id: MessageID(ms: 1, seq: 2), room: "lobby", from: "al\"ice", text: text, ts: 1)
+        let m = ChatMessage(id: MessageID(ms: 1, seq: 2), room: "lobby", from: "al\"ice", text: text)
         let o = try object(ServerFrame.message(m).json)
         #expect(o["type"] as? String == "message")
         #expect(o["id"] as? String == "1-2")
         #expect(o["text"] as? String == text)
         #expect(o["from"] as? String == "al\"ice")
-        #expect((o["ts"] as? NSNumber)?.intValue == 1)
+        #expect((o["ts"] as? NSNumber)?.intValue == 1)   // the id's milliseconds
     }
 
     @Test func welcomeSortsOnlineAndKeepsHistoryOrder() throws {
-        let h = [1, 2, 3].map { ChatMessage(id: MessageID(ms: UInt64($0), seq: 0), room: "lobby", from: "a", text: "t\($0)", ts: UInt64($0)) }
-        let o = try object(ServerFrame.welcome(user: "bob", room: "lobby", online: ["zed", "amy"], history: h).json)
+        let h = [1, 2, 3].map { ChatMessage(id: MessageID(ms: UInt64($0), seq: 0), room: "lobby", from: "a", text: "t\($0)") }
+        let o = try object(ServerFrame.welcome(user: "bob", room: "lobby", online: ["zed", "amy"], history: h, rooms: "[]").json)
         #expect(o["online"] as? [String] == ["amy", "zed"])
         let ids = (o["history"] as? [[String: Any]])?.compactMap { $0["id"] as? String }
         #expect(ids == ["1-0", "2-0", "3-0"])
@@ -42,9 +42,15 @@ import Testing
     }
 
     @Test func relayPayloadRoundTripsTextWithNewlines() {
-        let m = ChatMessage(id: MessageID(ms: 10, seq: 1), room: "lobby", from: "bob", text: "line 1\nline 2\n", ts: 10)
-        #expect(ChatMessage(relayPayload: m.relayPayload, room: "lobby") == m)
-        #expect(ChatMessage(relayPayload: "garbage", room: "lobby") == nil)
+        let m = ChatMessage(id: MessageID(ms: 10, seq: 1), room: "lobby", from: "bob", text: "line 1\nline 2\n")
+        #expect(RoomRelay(payload: m.relayPayload, room: "lobby") == .history(m))
+        #expect(RoomRelay(payload: "garbage", room: "lobby") == nil)
+        let typing = RoomRelay.typing(user: "amy", json: "{\"type\":\"typing\"}")
+        #expect(RoomRelay(payload: typing.payload, room: "dev") == typing)
+        for u in [UserRelay.added(room: "dev", lastID: MessageID(ms: 5, seq: 0), except: "w.1", json: "{\n}"),
+                  .removed(room: "dm:a:b", except: "", json: "{}"), .frame(except: "x", json: "{\"a\":\"\\n\"}")] {
+            #expect(UserRelay(payload: u.payload) == u)
+        }
     }
 }
 

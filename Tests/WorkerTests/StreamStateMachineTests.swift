@@ -61,7 +61,7 @@ import Testing
         let a = m.welcomeReady("welcome", lastHistory: Self.id(5))
         // m5 is in the history already; m7 came after it.
         #expect(Self.sent(a) == ["welcome", "presence-1", "presence-2", "m7"])
-        #expect(m.lastSent == Self.id(7))
+        #expect(m.rooms["lobby"] == Self.id(7))
         #expect(m.event("presence-3") == .send)
     }
 
@@ -192,5 +192,83 @@ import Testing
         #expect(m.clientClosed().isEmpty)   // nothing to report: it was never reported open
         #expect(m.isClosed)                 // and the link handler forgets it for that
         #expect(m.sessionChecked(endsAtMs: 100, nowMs: 0).isEmpty)
+    }
+
+    // MARK: rooms
+
+    /// Live in lobby and in `rooms` (each seen up to id 0).
+    static func member(of rooms: [String]) -> Machine {
+        var m = Machine(nowMs: 0, idleMs: 10_000, maxHeld: 4, inputHigh: 3, inputLow: 1)
+        _ = m.opened()
+        _ = m.sessionChecked(endsAtMs: 100_000, nowMs: 0)
+        var snapshot: [String: MessageID] = ["lobby": .zero]
+        for r in rooms { snapshot[r] = .zero }
+        _ = m.welcomeReady("welcome", rooms: snapshot)
+        return m
+    }
+
+    @Test func onlyTheUsersRoomsAreDelivered() {
+        var m = Self.member(of: ["dev"])
+        #expect(m.live(room: "dev", id: Self.id(5), payload: "d5") == .send)
+        #expect(m.live(room: "ops", id: Self.id(6), payload: "o6") == .skip)
+        #expect(m.roomEvent(room: "ops", payload: "typing") == .skip)
+        #expect(m.roomEvent(room: "dev", payload: "typing") == .send)
+    }
+
+    @Test func idsOrderEachRoomOnItsOwn() {
+        var m = Self.member(of: ["a", "b"])
+        #expect(m.live(room: "a", id: Self.id(9), payload: "a9") == .send)
+        // An older id in another room is news: ids compare within a room only.
+        #expect(m.live(room: "b", id: Self.id(3), payload: "b3") == .send)
+        #expect(m.live(room: "a", id: Self.id(8), payload: "a8") == .skip)
+    }
+
+    @Test func joiningDeliversWhatFollowsTheJoin() {
+        var m = Self.member(of: [])
+        let r1 = m.joined(room: "dev", lastID: Self.id(10))
+        #expect(r1)
+        let r2 = m.joined(room: "dev", lastID: Self.id(10))
+        #expect(!r2)
+        #expect(m.live(room: "dev", id: Self.id(10), payload: "before") == .skip)
+        #expect(m.live(room: "dev", id: Self.id(11), payload: "after") == .send)
+    }
+
+    @Test func leavingStopsLiveHeldAndReplayedEvents() {
+        var m = Self.member(of: ["dev"])
+        m.replayBegan(room: "dev")
+        #expect(m.live(room: "dev", id: Self.id(4), payload: "held") == .held)
+        let r3 = m.left(room: "dev")
+        #expect(r3)
+        let r4 = m.left(room: "dev")
+        #expect(!r4)
+        #expect(m.replayed(room: "dev", [(Self.id(2), "old")]).isEmpty)
+        // Neither the held event nor a `synced` of a room the user left goes out.
+        #expect(Self.sent(m.replayEnded(room: "dev", "synced")).isEmpty)
+        #expect(m.live(room: "dev", id: Self.id(5), payload: "d5") == .skip)
+        #expect(m.roomEvent(room: "dev", payload: "member") == .skip)
+    }
+
+    @Test func aReplayHoldsOnlyItsOwnRoom() {
+        var m = Self.member(of: ["a", "b"])
+        m.replayBegan(room: "a")
+        #expect(m.live(room: "a", id: Self.id(5), payload: "a5") == .held)
+        #expect(m.live(room: "b", id: Self.id(5), payload: "b5") == .send)
+        #expect(Self.sent(m.replayed(room: "a", [(Self.id(3), "a3")])) == ["a3"])
+        #expect(Self.sent(m.replayEnded(room: "a", "synced-a")) == ["synced-a", "a5"])
+    }
+
+    @Test func membershipChangesBeforeTheWelcomeApplyAfterItsSnapshot() {
+        var m = Machine(nowMs: 0, idleMs: 10_000)
+        _ = m.opened()
+        _ = m.sessionChecked(endsAtMs: 100_000, nowMs: 0)
+        // Heard on the user's channel while the snapshot was being read: applied in order after it.
+        let r5 = m.joined(room: "new", lastID: Self.id(7))
+        #expect(!r5)
+        let r6 = m.left(room: "old")
+        #expect(!r6)
+        _ = m.welcomeReady("welcome", rooms: ["lobby": .zero, "old": Self.id(1)])
+        #expect(m.isMember("new") && !m.isMember("old") && m.isMember("lobby"))
+        #expect(m.live(room: "new", id: Self.id(7), payload: "x") == .skip)
+        #expect(m.live(room: "new", id: Self.id(8), payload: "y") == .send)
     }
 }

@@ -1,0 +1,157 @@
+import ChatCore
+import NIOCore
+import Proto
+
+/// The client frames of rooms and of the message lifecycle. Each is one Lua script (the
+/// rules and the events it causes in one atomic step) and one reply carrying the frame's ref.
+extension WorkerLinkHandler {
+    /// How a request is charged: changes and history events to the message limit, reads to the sync limit.
+    private enum Charge { case message, query, none }
+
+    func roomFrame(_ frame: ClientFrame, stream id: UInt32, info: ConnectionInfo) {
+        guard let (bound, loop) = loopBound else { return }
+        let ref = frame.ref
+        let charge: Charge
+        switch frame {
+        case .send, .edit, .delete, .react, .createRoom, .join, .leave, .invite, .remove, .setRoom, .openDM: charge = .message
+        case .rooms, .directory, .members, .history, .read: charge = .query
+        case .typing, .sync: charge = .none
+        }
+        let check: EventLoopFuture<GCRA.Decision?>
+        switch charge {
+        case .message: check = ctx.limiter.check(.message, key: info.user, on: loop).map { $0 }
+        case .query: check = ctx.limiter.check(.sync, key: info.user, on: loop).map { $0 }
+        case .none: check = loop.makeSucceededFuture(nil)
+        }
+        let ctx = self.ctx
+        check.flatMap { decision -> EventLoopFuture<ServerFrame?> in
+            if let decision, !decision.allowed {
+                Telemetry.rateLimited(charge == .message ? "message" : "sync").increment()
+                let limited = ServerFrame.error(code: "rate_limited", message: "too many requests", ref: ref,
+                                                retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up))))
+                // A retry of a stored message is answered, not limited: the client only lost its ack.
+                if case .send = frame, let ref {
+                    return ctx.rooms.storedID(user: info.user, ref: ref, on: loop)
+                        .map { stored in stored.map { ServerFrame.ack(ref: ref, id: $0) } ?? limited }
+                        .flatMapErrorThrowing { _ in limited }
+                }
+                return loop.makeSucceededFuture(limited)
+            }
+            return Self.perform(frame, ctx: ctx, info: info, on: loop)
+        }.flatMapErrorThrowing { error in
+            ctx.logger.warning("request failed", metadata: ["error": "\(error)", "user": "\(info.user)"])
+            return .error(code: "unavailable", message: "temporarily unavailable; retry", ref: ref, retryAfterMs: 1000)
+        }.whenSuccess { reply in
+            let h = bound.value
+            if let reply { h.reply(id, reply) }
+            h.done(id)
+        }
+    }
+
+    private static func refused(_ r: Refusal, ref: String?) -> ServerFrame {
+        .error(code: r.code, message: r.message, ref: ref, retryAfterMs: nil)
+    }
+
+    /// The reply to one request, nil for none (an accepted `typing`).
+    private static func perform(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, on loop: EventLoop) -> EventLoopFuture<ServerFrame?> {
+        let rooms = ctx.rooms, user = info.user, conn = info.id
+        let limits = rooms.limits, admin = rooms.isAdmin(user) ? "1" : "0"
+        func script(_ s: RedisScript, _ args: [String], ref: String?, _ ok: @escaping @Sendable ([RESPValue]) -> ServerFrame?) -> EventLoopFuture<ServerFrame?> {
+            rooms.run(s, args, on: loop).map { outcome in
+                switch outcome {
+                case let .refused(code, message): return .error(code: code, message: message, ref: ref, retryAfterMs: nil)
+                case let .ok(items): return ok(items)
+                }
+            }
+        }
+        @Sendable func roomAdded(_ items: [RESPValue], ref: String?) -> ServerFrame {
+            .object(type: "room_added", ref: ref, fields: "\"room\":" + (items.count > 1 ? items[1].string ?? "null" : "null"))
+        }
+        func append(room: String, kind: String, body: String, target: MessageID?, encrypted: Bool?, replyTo: MessageID?, ref: String?) -> EventLoopFuture<ServerFrame?> {
+            rooms.append(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
+                         replyTo: replyTo, ref: ref, on: loop).map { result in
+                switch result {
+                case let .success((id, new)):
+                    if new { Telemetry.messagesStored.increment() }
+                    return ServerFrame.ack(ref: ref, id: id)
+                case let .failure(r): return refused(r, ref: ref)
+                }
+            }
+        }
+
+        switch frame {
+        case let .send(content, ref, room, replyTo):
+            var body = content.fragment
+            if let replyTo { body += ",\"reply_to\":\"\(replyTo)\"" }
+            return append(room: room, kind: "text", body: body, target: nil, encrypted: content.isEncrypted, replyTo: replyTo, ref: ref)
+        case let .edit(room, target, content, ref):
+            return append(room: room, kind: "edit", body: "\"kind\":\"edit\",\"target\":\"\(target)\"," + content.fragment,
+                          target: target, encrypted: content.isEncrypted, replyTo: nil, ref: ref)
+        case let .delete(room, target, ref):
+            return append(room: room, kind: "delete", body: "\"kind\":\"delete\",\"target\":\"\(target)\"",
+                          target: target, encrypted: nil, replyTo: nil, ref: ref)
+        case let .react(room, target, emoji, on, ref):
+            return append(room: room, kind: "reaction",
+                          body: "\"kind\":\"reaction\",\"target\":\"\(target)\",\"emoji\":\(JSONText.string(emoji)),\"on\":\(on)",
+                          target: target, encrypted: nil, replyTo: nil, ref: ref)
+        case let .createRoom(name, kind, title, topic, encrypted, ref):
+            let args = [user, name, kind.rawValue, title ?? "", topic ?? "", encrypted ? "1" : "0",
+                        String(limits.roomsPerUser), String(limits.creationsPerHour), String(SessionStore.nowMs()), conn]
+            return script(RoomStore.createScript, args, ref: ref) { roomAdded($0, ref: ref) }
+        case let .join(room, ref):
+            return script(RoomStore.joinScript, [user, room, String(limits.roomsPerUser), conn], ref: ref) { roomAdded($0, ref: ref) }
+        case let .leave(room, ref):
+            return script(RoomStore.leaveScript, [user, room, conn], ref: ref) { _ in
+                .object(type: "room_removed", ref: ref, fields: "\"room\":\(JSONText.string(room)),\"reason\":\"left\"")
+            }
+        case let .invite(room, target, ref):
+            return script(RoomStore.inviteScript, [user, room, target, String(limits.roomsPerUser), String(limits.privateMembers)], ref: ref) { _ in
+                .ok(ref: ref)
+            }
+        case let .remove(room, target, ref):
+            return script(RoomStore.removeScript, [user, room, target, admin], ref: ref) { _ in .ok(ref: ref) }
+        case let .setRoom(room, title, topic, ref):
+            let args = [user, room, admin, title == nil ? "0" : "1", title ?? "", topic == nil ? "0" : "1", topic ?? ""]
+            return script(RoomStore.setRoomScript, args, ref: ref) { items in
+                .object(type: "room_updated", ref: ref, fields: "\"room\":" + (items.count > 1 ? items[1].string ?? "null" : "null"))
+            }
+        case let .openDM(other, ref):
+            guard other != user else {
+                return loop.makeSucceededFuture(.error(code: "bad_request", message: "a direct message needs another user", ref: ref, retryAfterMs: nil))
+            }
+            let args = [user, other, String(limits.roomsPerUser), conn, RoomID.dm(user, other)]
+            return script(RoomStore.openDMScript, args, ref: ref) { roomAdded($0, ref: ref) }
+        case let .rooms(ref):
+            return rooms.rooms(user: user, on: loop).map { .object(type: "rooms", ref: ref, fields: "\"rooms\":" + $0.json) }
+        case let .directory(query, ref):
+            return script(RoomStore.directoryScript, [user, query], ref: ref) { items in
+                .object(type: "directory", ref: ref, fields: "\"rooms\":" + (items.count > 1 ? items[1].string ?? "[]" : "[]"))
+            }
+        case let .members(room, ref):
+            let hub = ctx.hub
+            return script(RoomStore.membersScript, [user, room, admin], ref: ref) { items in
+                var out = "\"room\":\(JSONText.string(room)),\"members\":["
+                for (i, name) in items.dropFirst().compactMap(\.string).enumerated() {
+                    if i > 0 { out += "," }
+                    out += "{\"user\":\(JSONText.string(name)),\"online\":\(hub.isOnline(name))}"
+                }
+                return .object(type: "members", ref: ref, fields: out + "]")
+            }
+        case let .history(room, before, limit, ref):
+            let start = before.map { "(\($0)" } ?? "+"
+            return script(RoomStore.historyScript, [user, room, start, String(limit + 1)], ref: ref) { items in
+                let newestFirst = items.count > 1 ? RoomStore.messages(from: items[1], room: room) : []
+                let page = newestFirst.prefix(limit).reversed()
+                let messages = page.map(\.json).joined(separator: ",")
+                return .object(type: "history", ref: ref,
+                               fields: "\"room\":\(JSONText.string(room)),\"messages\":[\(messages)],\"more\":\(newestFirst.count > limit)")
+            }
+        case let .read(room, readID, ref):
+            return script(RoomStore.readScript, [user, room, readID.description, conn], ref: ref) { _ in .ok(ref: ref) }
+        case let .typing(room, ref):
+            return script(RoomStore.typingScript, [user, room], ref: ref) { _ in nil }
+        case .sync:
+            return loop.makeSucceededFuture(nil)
+        }
+    }
+}
