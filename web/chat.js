@@ -1,34 +1,76 @@
 'use strict';
-// Chat page: one WebSocket, reconnect with backoff and jitter, `sync` after a
-// reconnect so nothing acknowledged is missed, and every text rendered inert
-// (textContent only, never HTML).
+// Chat page: rooms and direct messages over one WebSocket. Reconnects with backoff and
+// jitter and `sync`s every room it has shown from the last id it saw, so nothing
+// acknowledged is missed. Every name and text is rendered inert (textContent only,
+// never HTML). No library.
 (function () {
-  const list = document.getElementById('messages');
-  const onlineList = document.getElementById('online');
-  const onlineCount = document.getElementById('online-count');
-  const connection = document.getElementById('connection');
-  const form = document.getElementById('send-form');
-  const input = document.getElementById('message-input');
-  const sendError = document.getElementById('send-error');
-  const me = document.getElementById('me');
+  const $ = function (id) { return document.getElementById(id); };
+  const list = $('messages');
+  const onlineList = $('online');
+  const onlineCount = $('online-count');
+  const membersList = $('members');
+  const memberCount = $('member-count');
+  const connection = $('connection');
+  const form = $('send-form');
+  const input = $('message-input');
+  const sendError = $('send-error');
+  const me = $('me');
+  const typingLine = $('typing');
+
+  const LOBBY = 'lobby';
+  const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+  const store = {
+    get: function (k) { try { return window.localStorage.getItem(k); } catch (e) { return null; } },
+    set: function (k, v) { try { window.localStorage.setItem(k, v); } catch (e) { /* private mode */ } },
+    sget: function (k) { try { return window.sessionStorage.getItem(k); } catch (e) { return null; } },
+    sset: function (k, v) { try { window.sessionStorage.setItem(k, v); } catch (e) { /* private mode */ } },
+  };
 
   let socket = null;
-  let lastId = null;          // greatest message id shown, "<ms>-<seq>"
-  let syncing = false;        // between a reconnect's welcome and its `synced`
-  let buffered = [];          // messages that arrived while syncing
   let attempt = 0;
-  let online = new Set();
   let user = null;
-  const pending = new Map();  // ref -> text, until acknowledged
+  let online = new Set();
+  let welcomed = false;
+  let current = store.get('sc.room') || LOBBY;
+  const rooms = new Map();     // id -> room state (below)
+  const pending = new Map();   // ref -> {room, text, replyTo} until acknowledged
+  const waiting = new Map();   // ref -> callback for request replies
+  let nextRef = 0;
+  let replyTo = null;          // {id, from, text} while replying
+  let lastTyping = 0;
+  const typingTimers = new Map();  // user -> timer (current room only)
+
+  // Room state: the server's room object, plus what this page holds of its history.
+  function roomState(obj) {
+    let r = rooms.get(obj.id);
+    if (!r) {
+      r = { id: obj.id, obj: obj, events: new Map(), order: [], lastId: null, oldestId: null, loaded: false,
+            more: true, syncing: false, buffered: [], pendingTargets: new Map(), members: null, notices: [] };
+      rooms.set(obj.id, r);
+    } else {
+      r.obj = Object.assign({}, r.obj, obj);
+    }
+    return r;
+  }
 
   function parseId(id) {
     const parts = String(id).split('-');
     return [BigInt(parts[0] || '0'), BigInt(parts[1] || '0')];
   }
   function newer(a, b) {  // is id a after id b?
-    if (b === null) return true;
+    if (b === null || b === undefined) return true;
     const x = parseId(a), y = parseId(b);
     return x[0] > y[0] || (x[0] === y[0] && x[1] > y[1]);
+  }
+  function byId(a, b) { return a.id === b.id ? 0 : (newer(a.id, b.id) ? 1 : -1); }
+
+  function request(frame, callback) {
+    const ref = 'q' + (++nextRef) + '-' + Date.now();
+    frame.ref = ref;
+    if (callback) waiting.set(ref, callback);
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+    else if (callback) { waiting.delete(ref); callback({ type: 'error', code: 'offline' }); }
+    return ref;
   }
 
   function setState(state, text) {
@@ -36,50 +78,485 @@
     connection.textContent = text;
   }
 
-  function scrollDown() { list.scrollTop = list.scrollHeight; }
+  function displayName(r) {
+    const o = r.obj;
+    if (o.kind === 'dm') {
+      const parts = o.id.split(':');
+      return parts[1] === user ? parts[2] : parts[1];
+    }
+    return o.title || o.id;
+  }
+  function isEncrypted(r) { return !!(r && r.obj.encrypted); }
 
-  function addNotice(text) {
-    const li = document.createElement('li');
-    li.className = 'notice';
-    li.textContent = text;
-    list.appendChild(li);
-    scrollDown();
+  // ---- sidebar ----------------------------------------------------------
+
+  function renderSidebar() {
+    const roomItems = [], dmItems = [];
+    Array.from(rooms.values()).sort(function (a, b) {
+      if (a.id === LOBBY) return -1;
+      if (b.id === LOBBY) return 1;
+      return displayName(a).localeCompare(displayName(b));
+    }).forEach(function (r) {
+      const li = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'room-link';
+      button.dataset.room = r.id;
+      if (r.id === current) { button.setAttribute('aria-current', 'page'); li.className = 'current'; }
+      const name = document.createElement('span');
+      name.className = 'room-name';
+      name.dir = 'auto';
+      name.textContent = (r.obj.kind === 'dm' ? '@' : '#') + displayName(r);
+      button.appendChild(name);
+      const unread = Math.min(100, r.obj.unread || 0);
+      let label = (r.obj.kind === 'dm' ? 'Direct message with ' : 'Room ') + displayName(r);
+      if (unread > 0) {
+        const badge = document.createElement('span');
+        badge.className = 'badge';
+        badge.textContent = unread >= 100 ? '99+' : String(unread);
+        button.appendChild(badge);
+        label += ', ' + (unread >= 100 ? 'more than 99' : unread) + ' unread';
+      }
+      button.setAttribute('aria-label', label);
+      li.appendChild(button);
+      (r.obj.kind === 'dm' ? dmItems : roomItems).push(li);
+    });
+    $('room-list').replaceChildren.apply($('room-list'), roomItems);
+    $('dm-list').replaceChildren.apply($('dm-list'), dmItems);
+    let total = 0;
+    rooms.forEach(function (r) { total += Math.min(100, r.obj.unread || 0); });
+    document.title = (total > 0 ? '(' + (total >= 100 ? '99+' : total) + ') ' : '') + 'SecureChat';
   }
 
-  function showMessage(m) {
-    if (!newer(m.id, lastId)) return;
-    lastId = m.id;
+  $('room-list').addEventListener('click', pickRoom);
+  $('dm-list').addEventListener('click', pickRoom);
+  function pickRoom(event) {
+    const button = event.target.closest('button[data-room]');
+    if (button) { openRoom(button.dataset.room); closeDrawers(); }
+  }
+
+  // ---- the open room ------------------------------------------------------
+
+  function openRoom(id) {
+    if (!rooms.has(id)) id = LOBBY;
+    saveScroll();
+    current = id;
+    store.set('sc.room', id);
+    cancelReply();
+    typingTimers.forEach(function (t) { clearTimeout(t); });
+    typingTimers.clear();
+    typingLine.textContent = '';
+    const r = rooms.get(id);
+    $('room-title').textContent = (r.obj.kind === 'dm' ? '@' : '#') + displayName(r);
+    $('room-topic').textContent = r.obj.topic || '';
+    $('leave').hidden = id === LOBBY || r.obj.kind === 'dm';
+    $('invite').hidden = id === LOBBY || r.obj.kind === 'dm';
+    const encrypted = isEncrypted(r);
+    $('e2ee-note').hidden = !encrypted;
+    input.disabled = encrypted;
+    $('send-button').disabled = encrypted;
+    input.placeholder = encrypted ? 'End-to-end encryption is coming to this browser' : 'Write a message';
+    renderSidebar();
+    renderMessages(true);
+    if (!r.loaded) loadOlder(r, true);
+    loadMembers(r);
+    markRead();
+  }
+
+  function saveScroll() {
+    if (!rooms.has(current)) return;
+    store.sset('sc.scroll.' + current, String(list.scrollHeight - list.scrollTop - list.clientHeight));
+  }
+  function restoreScroll() {
+    const saved = Number(store.sget('sc.scroll.' + current) || '0');
+    list.scrollTop = list.scrollHeight - list.clientHeight - saved;
+  }
+  function atBottom() { return list.scrollHeight - list.scrollTop - list.clientHeight < 40; }
+
+  function loadOlder(r, first) {
+    if (r.loadingOlder || (!first && !r.more)) return;
+    r.loadingOlder = true;
+    const frame = { type: 'history', room: r.id, limit: 50 };
+    if (!first && r.oldestId) frame.before = r.oldestId;
+    request(frame, function (reply) {
+      r.loadingOlder = false;
+      if (reply.type !== 'history') return;
+      r.more = reply.more;
+      const before = list.scrollHeight - list.scrollTop;
+      reply.messages.forEach(function (m) { apply(r, m, true); });
+      if (!r.loaded) {
+        r.loaded = true;
+        if (!r.lastId && reply.messages.length) r.lastId = reply.messages[reply.messages.length - 1].id;
+      }
+      if (r.id === current) {
+        renderMessages(false);
+        if (first) restoreScroll(); else list.scrollTop = list.scrollHeight - before;
+      }
+    });
+  }
+
+  list.addEventListener('scroll', function () {
+    const r = rooms.get(current);
+    if (r && r.loaded && list.scrollTop < 60) loadOlder(r, false);
+    if (atBottom()) markRead();
+    saveScroll();
+  });
+
+  // A history event into the room's model. `old`: from a history page (may be older than what is shown).
+  function apply(r, m, old) {
+    if (r.events.has(m.id)) return false;
+    if (!old) {
+      if (!newer(m.id, r.lastId)) return false;
+      r.lastId = m.id;
+    }
+    if (!r.oldestId || newer(r.oldestId, m.id)) r.oldestId = m.id;
+    const kind = m.kind || 'text';
+    if (kind === 'text') {
+      const e = { id: m.id, from: m.from, ts: m.ts, text: m.text, e2ee: m.e2ee, replyTo: m.reply_to, edited: false,
+                  deleted: false, reactions: new Map() };
+      r.events.set(m.id, e);
+      insertOrdered(r, m.id);
+      (r.pendingTargets.get(m.id) || []).sort(byId).forEach(function (x) { modify(r, e, x); });
+      r.pendingTargets.delete(m.id);
+    } else {
+      r.events.set(m.id, { id: m.id, kind: kind });
+      const target = r.events.get(m.target);
+      if (target && target.reactions) modify(r, target, m);
+      else {
+        const list_ = r.pendingTargets.get(m.target) || [];
+        list_.push(m);
+        r.pendingTargets.set(m.target, list_);
+      }
+    }
+    if (kind === 'text' && m.from !== user && !old && !(r.id === current && document.hasFocus() && atBottom())) {
+      r.obj.unread = (r.obj.unread || 0) + 1;
+    }
+    r.obj.last_id = newer(m.id, r.obj.last_id) ? m.id : r.obj.last_id;
+    return true;
+  }
+
+  function insertOrdered(r, id) {
+    let i = r.order.length;
+    while (i > 0 && newer(r.order[i - 1], id)) i--;
+    r.order.splice(i, 0, id);
+  }
+
+  function modify(r, e, m) {
+    if (m.kind === 'edit') { e.text = m.text; e.e2ee = m.e2ee; e.edited = true; }
+    else if (m.kind === 'delete') { e.deleted = true; e.text = ''; e.e2ee = null; }
+    else if (m.kind === 'reaction') {
+      const who = e.reactions.get(m.emoji) || new Set();
+      if (m.on) who.add(m.from); else who.delete(m.from);
+      if (who.size) e.reactions.set(m.emoji, who); else e.reactions.delete(m.emoji);
+    }
+  }
+
+  function renderMessages(restore) {
+    const r = rooms.get(current);
+    const items = [];
+    r.order.forEach(function (id) {
+      const e = r.events.get(id);
+      if (e && e.reactions) items.push(messageItem(r, e));
+    });
+    if (r.id === LOBBY) r.notices.forEach(function (n) { items.push(n); });
+    items.sort(function (a, b) { return Number(a.dataset.ts) - Number(b.dataset.ts); });
+    if (r.loaded && r.order.length === 0) {
+      const li = document.createElement('li');
+      li.className = 'notice empty';
+      li.textContent = r.obj.kind === 'dm' ? 'This is the start of your direct messages.' : 'No messages yet.';
+      items.unshift(li);
+    }
+    const wasBottom = atBottom();
+    list.replaceChildren.apply(list, items);
+    if (restore) restoreScroll(); else if (wasBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  // A live event on the open room: the newest message is appended and a changed one replaced,
+  // so the rest of the list stays as it is (focus, selection, scroll).
+  function showInPlace(r, m) {
+    const kind = m.kind || 'text';
+    const wasBottom = atBottom();
+    if (kind === 'text' && r.order[r.order.length - 1] === m.id) {
+      const empty = list.querySelector('li.notice.empty');
+      if (empty) empty.remove();
+      list.appendChild(messageItem(r, r.events.get(m.id)));
+    } else if (kind !== 'text' && r.events.get(m.target) && r.events.get(m.target).reactions) {
+      const old = list.querySelector('li.message[data-id="' + m.target + '"]');
+      if (old) old.replaceWith(messageItem(r, r.events.get(m.target)));
+      // A reply quoting it shows the change too.
+      list.querySelectorAll('li.message').forEach(function (li) {
+        const e = r.events.get(li.dataset.id);
+        if (e && e.replyTo === m.target) li.replaceWith(messageItem(r, e));
+      });
+    } else if (kind === 'text') {
+      renderMessages(false);
+    }
+    if (wasBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  function messageItem(r, e) {
     const li = document.createElement('li');
-    li.className = 'message';
-    li.dataset.id = m.id;
+    li.className = 'message' + (e.deleted ? ' deleted' : '');
+    li.dataset.id = e.id;
+    li.dataset.ts = String(e.ts);
     const time = document.createElement('time');
     time.className = 'time';
-    const date = new Date(Number(m.ts));
+    const date = new Date(Number(e.ts));
     time.dateTime = date.toISOString();
     time.textContent = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-    const author = document.createElement('span');
-    author.className = 'author';
-    author.textContent = m.from;
+    const author = document.createElement('button');
+    author.type = 'button';
+    author.className = 'author link-button';
+    author.textContent = e.from;
+    author.dataset.user = e.from;
+    author.setAttribute('aria-label', e.from + (e.from === user ? '' : ', open a direct message'));
     const text = document.createElement('span');
     text.className = 'text';
     // Its own direction, isolated (style.css): bidi controls in a text cannot reorder the
     // time or the author, nor run into the next message.
     text.dir = 'auto';
-    text.textContent = m.text;
-    li.append(time, author, text);
-    list.appendChild(li);
-    scrollDown();
+    if (e.deleted) text.textContent = 'This message was deleted.';
+    else if (e.e2ee) text.textContent = '🔒 Encrypted message (this browser cannot read it yet)';
+    else text.textContent = e.text;
+    const parts = [time, author];
+    if (e.replyTo) {
+      const quote = document.createElement('span');
+      quote.className = 'quote';
+      quote.dir = 'auto';
+      const target = r.events.get(e.replyTo);
+      quote.textContent = '↪ ' + (target && target.reactions ? target.from + ': ' + (target.deleted ? 'deleted' : (target.text || '')).slice(0, 80) : 'an earlier message');
+      parts.push(quote);
+    }
+    parts.push(text);
+    if (e.edited && !e.deleted) {
+      const edited = document.createElement('span');
+      edited.className = 'edited';
+      edited.textContent = '(edited)';
+      parts.push(edited);
+    }
+    li.append.apply(li, parts);
+    if (e.reactions.size) {
+      const chips = document.createElement('span');
+      chips.className = 'reactions';
+      e.reactions.forEach(function (who, emoji) {
+        const chip = document.createElement('button');
+        chip.type = 'button';
+        chip.className = 'chip' + (who.has(user) ? ' mine' : '');
+        chip.dataset.action = 'toggle';
+        chip.dataset.emoji = emoji;
+        chip.textContent = emoji + ' ' + who.size;
+        chip.setAttribute('aria-pressed', who.has(user) ? 'true' : 'false');
+        chip.setAttribute('aria-label', emoji + ' by ' + Array.from(who).sort().join(', '));
+        chips.appendChild(chip);
+      });
+      li.appendChild(chips);
+    }
+    if (!e.deleted) {
+      const actions = document.createElement('span');
+      actions.className = 'actions';
+      const add = function (action, label, aria) {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'link-button';
+        b.dataset.action = action;
+        b.textContent = label;
+        b.setAttribute('aria-label', aria);
+        actions.appendChild(b);
+      };
+      if (!isEncrypted(r)) add('reply', 'Reply', 'Reply to ' + e.from);
+      add('react', 'React', 'React to the message of ' + e.from);
+      if (e.from === user && !isEncrypted(r)) add('edit', 'Edit', 'Edit your message');
+      if (e.from === user || r.obj.owner === user) add('delete', 'Delete', 'Delete the message');
+      li.appendChild(actions);
+    }
+    return li;
+  }
+
+  list.addEventListener('click', function (event) {
+    const b = event.target.closest('button');
+    if (!b) return;
+    if (b.dataset.user) { if (b.dataset.user !== user) openDM(b.dataset.user); return; }
+    const li = b.closest('li.message');
+    if (!li) return;
+    const r = rooms.get(current), e = r.events.get(li.dataset.id);
+    if (!e) return;
+    switch (b.dataset.action) {
+      case 'reply':
+        replyTo = { id: e.id, from: e.from, text: e.text };
+        $('reply-text').textContent = 'Replying to ' + e.from + ': ' + (e.text || '').slice(0, 80);
+        $('reply-bar').hidden = false;
+        input.focus();
+        break;
+      case 'react': showReactionPicker(li, e); break;
+      case 'pick':
+      case 'toggle': {
+        const emoji = b.dataset.emoji;
+        const on = !(e.reactions.get(emoji) && e.reactions.get(emoji).has(user));
+        request({ type: 'react', room: r.id, id: e.id, emoji: emoji, on: on }, showRefusal);
+        break;
+      }
+      case 'edit': editInPlace(li, r, e); break;
+      case 'delete':
+        if (window.confirm('Delete this message for everyone?')) request({ type: 'delete', room: r.id, id: e.id }, showRefusal);
+        break;
+    }
+  });
+
+  function showReactionPicker(li, e) {
+    const old = li.querySelector('.picker');
+    if (old) { old.remove(); return; }
+    const picker = document.createElement('span');
+    picker.className = 'picker';
+    picker.setAttribute('role', 'group');
+    picker.setAttribute('aria-label', 'Pick a reaction');
+    REACTIONS.forEach(function (emoji) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'chip';
+      b.dataset.action = 'pick';
+      b.dataset.emoji = emoji;
+      b.textContent = emoji;
+      b.setAttribute('aria-label', 'React with ' + emoji);
+      picker.appendChild(b);
+    });
+    li.appendChild(picker);
+    picker.firstChild.focus();
+  }
+
+  function editInPlace(li, r, e) {
+    const text = li.querySelector('.text');
+    const box = document.createElement('input');
+    box.className = 'edit-box';
+    box.value = e.text;
+    box.maxLength = 4000;
+    box.setAttribute('aria-label', 'Edit message; Enter saves, Escape cancels');
+    text.replaceWith(box);
+    box.focus();
+    box.addEventListener('keydown', function (event) {
+      if (event.key === 'Escape') { renderMessages(false); }
+      if (event.key === 'Enter') {
+        event.preventDefault();
+        const value = box.value;
+        if (value.trim() === '' || value.trim() === e.text) { renderMessages(false); return; }
+        request({ type: 'edit', room: r.id, id: e.id, text: value }, function (reply) {
+          if (reply.type === 'error') showRefusal(reply); else renderMessages(false);
+        });
+      }
+    });
+  }
+
+  function cancelReply() { replyTo = null; $('reply-bar').hidden = true; }
+  $('reply-cancel').addEventListener('click', cancelReply);
+
+  // ---- read markers and unread counts ------------------------------------
+
+  let readTimer = null;
+  function markRead() {
+    if (readTimer) return;
+    readTimer = setTimeout(function () {
+      readTimer = null;
+      const r = rooms.get(current);
+      if (!r || !r.lastId || !document.hasFocus() || !atBottom()) return;
+      if (r.obj.read && !newer(r.lastId, r.obj.read)) { if (r.obj.unread) { r.obj.unread = 0; renderSidebar(); } return; }
+      r.obj.read = r.lastId;
+      r.obj.unread = 0;
+      renderSidebar();
+      request({ type: 'read', room: r.id, id: r.lastId });
+    }, 300);
+  }
+  window.addEventListener('focus', markRead);
+
+  function unreadAfter(r, id) {
+    let n = 0;
+    r.order.forEach(function (x) { const e = r.events.get(x); if (newer(x, id) && e && e.from !== user) n++; });
+    return n;
+  }
+
+  // ---- members and presence -------------------------------------------------
+
+  function loadMembers(r) {
+    request({ type: 'members', room: r.id }, function (reply) {
+      if (reply.type !== 'members') return;
+      r.members = reply.members.map(function (m) { return m.user; });
+      reply.members.forEach(function (m) { if (m.online) online.add(m.user); });
+      if (r.id === current) renderMembers();
+      renderOnline();
+    });
+  }
+
+  function personItem(name, withDot) {
+    const li = document.createElement('li');
+    if (withDot) li.className = online.has(name) ? 'is-online' : 'is-offline';
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'link-button';
+    b.dataset.user = name;
+    b.textContent = name;
+    b.setAttribute('aria-label', name + (withDot ? (online.has(name) ? ', online' : ', offline') : '') +
+                   (name === user ? '' : ', open a direct message'));
+    li.appendChild(b);
+    return li;
+  }
+
+  function renderMembers() {
+    const r = rooms.get(current);
+    const names = (r && r.members) || [];
+    membersList.replaceChildren.apply(membersList, names.map(function (n) { return personItem(n, true); }));
+    memberCount.textContent = String(r ? r.obj.members : 0);
   }
 
   function renderOnline() {
-    onlineList.replaceChildren();
-    Array.from(online).sort().forEach(function (name) {
-      const li = document.createElement('li');
-      li.textContent = name;
-      onlineList.appendChild(li);
-    });
+    onlineList.replaceChildren.apply(onlineList, Array.from(online).sort().map(function (n) { return personItem(n, false); }));
     onlineCount.textContent = String(online.size);
+    renderMembers();
   }
+
+  [membersList, onlineList].forEach(function (l) {
+    l.addEventListener('click', function (event) {
+      const b = event.target.closest('button[data-user]');
+      if (b && b.dataset.user !== user) openDM(b.dataset.user);
+    });
+  });
+
+  function openDM(name) {
+    request({ type: 'open_dm', user: name }, function (reply) {
+      if (reply.type === 'room_added') { roomState(reply.room); openRoom(reply.room.id); closeDrawers(); }
+      else showRefusal(reply);
+    });
+  }
+
+  function lobbyNotice(text) {
+    const li = document.createElement('li');
+    li.className = 'notice';
+    li.dataset.ts = String(Date.now());
+    li.textContent = text;
+    const lobby = rooms.get(LOBBY);
+    if (!lobby) return;
+    lobby.notices.push(li);
+    if (lobby.notices.length > 50) lobby.notices.shift();
+    if (current === LOBBY) { const b = atBottom(); list.appendChild(li); if (b) list.scrollTop = list.scrollHeight; }
+  }
+
+  // ---- typing ---------------------------------------------------------------
+
+  input.addEventListener('input', function () {
+    const now = Date.now();
+    if (now - lastTyping < 2000 || input.value.trim() === '') return;
+    lastTyping = now;
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: 'typing', room: current }));
+  });
+
+  function showTyping(name) {
+    clearTimeout(typingTimers.get(name));
+    typingTimers.set(name, setTimeout(function () { typingTimers.delete(name); renderTyping(); }, 5000));
+    renderTyping();
+  }
+  function renderTyping() {
+    const names = Array.from(typingTimers.keys()).sort();
+    typingLine.textContent = names.length === 0 ? '' : names.join(', ') + (names.length === 1 ? ' is typing…' : ' are typing…');
+  }
+
+  // ---- errors ---------------------------------------------------------------
 
   function showSendError(text) {
     sendError.textContent = text;
@@ -89,73 +566,167 @@
   const errorTexts = {
     too_long: 'That message is too long (at most 2000 characters).',
     empty: 'Type something first.',
-    bad_request: 'The server could not read that message.',
+    bad_request: 'The server could not read that request.',
     unknown_type: 'The server did not understand that request.',
     unavailable: 'Chat is briefly unavailable; your message was kept, try again.',
+    not_found: 'No such room, user or message.',
+    not_member: 'Join the room first.',
+    forbidden: 'You may not do that here.',
+    room_exists: 'That room name is taken.',
+    limit: 'A limit was reached.',
+    offline: 'Not connected yet; try again in a moment.',
   };
+  function errorText(frame) {
+    if (frame.code === 'rate_limited') {
+      const seconds = Math.max(1, Math.ceil((frame.retry_after_ms || 1000) / 1000));
+      return 'You are sending too fast. Try again in ' + seconds + ' s.';
+    }
+    return (frame.code === 'limit' && frame.message) ? 'Limit reached: ' + frame.message + '.' : (errorTexts[frame.code] || 'The server refused that.');
+  }
+  function showRefusal(reply) { if (reply && reply.type === 'error') showSendError(errorText(reply)); }
+
+  // ---- frames ---------------------------------------------------------------
+
+  function roomFrame(r, m) {
+    if (r.syncing) { r.buffered.push(m); return; }
+    const shown = apply(r, m, false);
+    if (!shown) return;
+    if (r.id === current) { showInPlace(r, m); if (atBottom()) markRead(); }
+    renderSidebar();
+  }
 
   function handle(frame) {
+    if (frame.ref && waiting.has(frame.ref)) {
+      const cb = waiting.get(frame.ref);
+      waiting.delete(frame.ref);
+      cb(frame);
+      if (frame.type !== 'ack' && frame.type !== 'error') return;
+    }
     switch (frame.type) {
-      case 'welcome':
+      case 'welcome': {
         user = frame.user;
         me.textContent = 'Signed in as ' + frame.user;
         online = new Set(frame.online);
-        renderOnline();
-        if (lastId === null) {
-          frame.history.forEach(showMessage);
+        const seen = new Set();
+        frame.rooms.forEach(function (o) { roomState(o); seen.add(o.id); });
+        Array.from(rooms.keys()).forEach(function (id) { if (!seen.has(id)) rooms.delete(id); });
+        const lobby = rooms.get(LOBBY);
+        if (!welcomed) {
+          frame.history.forEach(function (m) { apply(lobby, m, true); });
+          if (frame.history.length) lobby.lastId = frame.history[frame.history.length - 1].id;
+          lobby.loaded = true;
+          lobby.more = frame.history.length > 0;
         } else {
-          // After a reconnect: replay from the last id seen, in order, before showing live messages.
-          syncing = true;
-          buffered = frame.history.slice();
-          socket.send(JSON.stringify({ type: 'sync', since: lastId }));
+          // After a reconnect: replay every room shown from the last id seen, in order, before live events.
+          rooms.forEach(function (r) {
+            if (r.id === LOBBY && !r.lastId) frame.history.forEach(function (m) { apply(r, m, true); });
+            if (!r.lastId) return;
+            r.syncing = true;
+            r.buffered = r.id === LOBBY ? frame.history.slice() : [];
+            socket.send(JSON.stringify({ type: 'sync', room: r.id, since: r.lastId }));
+          });
+        }
+        welcomed = true;
+        renderOnline();
+        openRoom(rooms.has(current) ? current : LOBBY);
+        break;
+      }
+      case 'message': {
+        const r = rooms.get(frame.room);
+        if (r) roomFrame(r, frame);
+        break;
+      }
+      case 'synced': {
+        const r = rooms.get(frame.room);
+        if (!r) break;
+        r.syncing = false;
+        r.buffered.sort(byId).forEach(function (m) { apply(r, m, false); });
+        r.buffered = [];
+        if (!frame.recovered && r.id === LOBBY) lobbyNotice('Some older messages could not be recovered.');
+        if (r.id === current) renderMessages(false);
+        renderSidebar();
+        if (r.id === LOBBY) {
+          // Sends that were not acknowledged before the connection dropped go again, same ref: stored once.
+          pending.forEach(function (p, ref) {
+            socket.send(JSON.stringify({ type: 'send', text: p.text, ref: ref, room: p.room, reply_to: p.replyTo || undefined }));
+          });
         }
         break;
-      case 'message':
-        if (syncing) buffered.push(frame); else showMessage(frame);
+      }
+      case 'room_added':
+        roomState(frame.room);
+        renderSidebar();
         break;
-      case 'synced':
-        syncing = false;
-        buffered.sort(function (a, b) { return newer(a.id, b.id) ? 1 : (a.id === b.id ? 0 : -1); });
-        buffered.forEach(showMessage);
-        buffered = [];
-        if (!frame.recovered) addNotice('Some older messages could not be recovered.');
-        // Sends that were not acknowledged before the connection dropped go again, same ref: stored once.
-        pending.forEach(function (text, ref) {
-          socket.send(JSON.stringify({ type: 'send', text: text, ref: ref }));
-        });
+      case 'room_removed':
+        rooms.delete(frame.room);
+        if (current === frame.room) openRoom(LOBBY); else renderSidebar();
         break;
+      case 'room_updated': {
+        const r = rooms.get(frame.room.id);
+        if (!r) break;
+        const keep = { read: r.obj.read, unread: r.obj.unread };
+        r.obj = Object.assign({}, r.obj, frame.room, keep);
+        if (r.id === current) { $('room-title').textContent = '#' + displayName(r); $('room-topic').textContent = r.obj.topic || ''; }
+        renderSidebar();
+        break;
+      }
+      case 'rooms':
+        frame.rooms.forEach(roomState);
+        renderSidebar();
+        break;
+      case 'member': {
+        const r = rooms.get(frame.room);
+        if (!r) break;
+        r.obj.members = Math.max(0, (r.obj.members || 0) + (frame.joined ? 1 : -1));
+        if (r.members) {
+          if (frame.joined && r.members.indexOf(frame.user) < 0) r.members.push(frame.user);
+          if (!frame.joined) r.members = r.members.filter(function (n) { return n !== frame.user; });
+          r.members.sort();
+        }
+        if (r.id === current) renderMembers();
+        break;
+      }
+      case 'typing':
+        if (frame.room === current && frame.user !== user) showTyping(frame.user);
+        break;
+      case 'read': {
+        const r = rooms.get(frame.room);
+        if (!r) break;
+        if (!r.obj.read || newer(frame.id, r.obj.read)) {
+          r.obj.read = frame.id;
+          r.obj.unread = unreadAfter(r, frame.id);
+          renderSidebar();
+        }
+        break;
+      }
       case 'presence':
         if (frame.online && !online.has(frame.user)) {
           online.add(frame.user);
-          if (frame.user !== user) addNotice(frame.user + ' joined');
+          if (frame.user !== user) lobbyNotice(frame.user + ' joined');
         } else if (!frame.online && online.has(frame.user)) {
           online.delete(frame.user);
-          addNotice(frame.user + ' left');
+          lobbyNotice(frame.user + ' left');
         }
         renderOnline();
         break;
       case 'ack':
         if (frame.ref && pending.has(frame.ref)) {
-          const text = pending.get(frame.ref);
+          const p = pending.get(frame.ref);
           pending.delete(frame.ref);
-          if (input.value === text) input.value = '';
+          if (input.value === p.text) input.value = '';
         }
         sendError.hidden = true;
         break;
       case 'error':
         if (frame.ref) pending.delete(frame.ref);
-        if (frame.code === 'rate_limited') {
-          const seconds = Math.max(1, Math.ceil((frame.retry_after_ms || 1000) / 1000));
-          showSendError('You are sending too fast. Try again in ' + seconds + ' s; your message is still in the box.');
-        } else {
-          showSendError(errorTexts[frame.code] || 'The server refused that message.');
-        }
+        showSendError(frame.code === 'rate_limited' ? errorText(frame) + ' Your message is still in the box.' : errorText(frame));
         break;
     }
   }
 
   function connect() {
-    setState(attempt === 0 && lastId === null ? 'connecting' : 'reconnecting', attempt === 0 && lastId === null ? 'Connecting…' : 'Reconnecting…');
+    const first = attempt === 0 && !welcomed;
+    setState(first ? 'connecting' : 'reconnecting', first ? 'Connecting…' : 'Reconnecting…');
     socket = new WebSocket('wss://' + window.location.host + '/ws');
     socket.addEventListener('open', function () {
       attempt = 0;
@@ -167,7 +738,9 @@
       handle(frame);
     });
     socket.addEventListener('close', function (event) {
-      syncing = false;
+      rooms.forEach(function (r) { r.syncing = false; });
+      waiting.forEach(function (cb) { cb({ type: 'error', code: 'offline' }); });
+      waiting.clear();
       if (event.code === 4001) {
         window.location.assign('/');
         return;
@@ -196,20 +769,149 @@
     event.preventDefault();
     const text = input.value;
     if (text.trim() === '') { showSendError(errorTexts.empty); return; }
+    if (isEncrypted(rooms.get(current))) return;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       showSendError('Not connected yet; your message is still in the box.');
       return;
     }
     const ref = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
-    pending.set(ref, text);
+    const frame = { type: 'send', text: text, ref: ref, room: current };
+    if (replyTo) frame.reply_to = replyTo.id;
+    pending.set(ref, { room: current, text: text, replyTo: frame.reply_to });
     sendError.hidden = true;
-    socket.send(JSON.stringify({ type: 'send', text: text, ref: ref }));
+    cancelReply();
+    socket.send(JSON.stringify(frame));
+    list.scrollTop = list.scrollHeight;
   });
 
-  document.getElementById('logout').addEventListener('click', async function () {
+  // ---- dialogs --------------------------------------------------------------
+
+  document.querySelectorAll('dialog [data-close]').forEach(function (b) {
+    b.addEventListener('click', function () { b.closest('dialog').close(); });
+  });
+
+  $('new-room').addEventListener('click', function () {
+    $('create-form').reset();
+    $('create-error').hidden = true;
+    $('create-dialog').showModal();
+  });
+  $('create-form').addEventListener('submit', function (event) {
+    event.preventDefault();
+    const kind = $('create-form').querySelector('input[name="kind"]:checked').value;
+    const frame = { type: 'create_room', name: $('create-name').value.trim(), kind: kind };
+    if ($('create-room-title').value.trim()) frame.title = $('create-room-title').value;
+    if ($('create-topic').value.trim()) frame.topic = $('create-topic').value;
+    request(frame, function (reply) {
+      if (reply.type === 'room_added') {
+        roomState(reply.room);
+        $('create-dialog').close();
+        openRoom(reply.room.id);
+      } else {
+        $('create-error').textContent = errorText(reply);
+        $('create-error').hidden = false;
+      }
+    });
+  });
+
+  function searchDirectory() {
+    request({ type: 'directory', query: $('directory-query').value }, function (reply) {
+      if (reply.type !== 'directory') return;
+      const items = reply.rooms.map(function (o) {
+        const li = document.createElement('li');
+        const name = document.createElement('span');
+        name.className = 'room-name';
+        name.dir = 'auto';
+        name.textContent = '#' + (o.title || o.id) + ' · ' + o.members + (o.members === 1 ? ' member' : ' members');
+        const topic = document.createElement('span');
+        topic.className = 'topic';
+        topic.dir = 'auto';
+        topic.textContent = o.topic || '';
+        const b = document.createElement('button');
+        b.type = 'button';
+        const joined = rooms.has(o.id);
+        b.textContent = joined ? 'Open' : 'Join';
+        b.setAttribute('aria-label', (joined ? 'Open ' : 'Join ') + (o.title || o.id));
+        b.addEventListener('click', function () {
+          if (rooms.has(o.id)) { $('directory-dialog').close(); openRoom(o.id); return; }
+          request({ type: 'join', room: o.id }, function (r) {
+            if (r.type === 'room_added') { roomState(r.room); $('directory-dialog').close(); openRoom(r.room.id); }
+            else showRefusal(r);
+          });
+        });
+        li.append(name, topic, b);
+        return li;
+      });
+      if (!items.length) {
+        const li = document.createElement('li');
+        li.textContent = 'No public room matches.';
+        items.push(li);
+      }
+      $('directory-list').replaceChildren.apply($('directory-list'), items);
+    });
+  }
+  let searchTimer = null;
+  $('directory-query').addEventListener('input', function () { clearTimeout(searchTimer); searchTimer = setTimeout(searchDirectory, 250); });
+  $('directory-form').addEventListener('submit', function (event) { event.preventDefault(); searchDirectory(); });
+  $('browse-rooms').addEventListener('click', function () {
+    $('directory-query').value = '';
+    $('directory-dialog').showModal();
+    searchDirectory();
+  });
+
+  $('invite').addEventListener('click', function () {
+    // The picker offers everyone the inviter shares a room with (as far as this page has seen), and anyone typed.
+    const known = new Set(online);
+    rooms.forEach(function (r) { (r.members || []).forEach(function (n) { known.add(n); }); });
+    const r = rooms.get(current);
+    (r.members || []).forEach(function (n) { known.delete(n); });
+    known.delete(user);
+    $('known-users').replaceChildren.apply($('known-users'), Array.from(known).sort().map(function (n) {
+      const o = document.createElement('option');
+      o.value = n;
+      return o;
+    }));
+    $('invite-form').reset();
+    $('invite-error').hidden = true;
+    $('invite-dialog').showModal();
+  });
+  $('invite-form').addEventListener('submit', function (event) {
+    event.preventDefault();
+    request({ type: 'invite', room: current, user: $('invite-user').value.trim() }, function (reply) {
+      if (reply.type === 'ok') { $('invite-dialog').close(); loadMembers(rooms.get(current)); }
+      else { $('invite-error').textContent = errorText(reply); $('invite-error').hidden = false; }
+    });
+  });
+
+  $('leave').addEventListener('click', function () {
+    const r = rooms.get(current);
+    if (!r || !window.confirm('Leave ' + displayName(r) + '?')) return;
+    request({ type: 'leave', room: r.id }, function (reply) {
+      if (reply.type === 'room_removed') { rooms.delete(r.id); openRoom(LOBBY); } else showRefusal(reply);
+    });
+  });
+
+  // ---- narrow screens: the sidebar and the people pane are drawers ------------
+
+  function toggleDrawer(button, pane) {
+    const open = !pane.classList.contains('open');
+    closeDrawers();
+    if (open) { pane.classList.add('open'); button.setAttribute('aria-expanded', 'true'); }
+  }
+  function closeDrawers() {
+    $('sidebar').classList.remove('open');
+    $('online-pane').classList.remove('open');
+    $('rooms-toggle').setAttribute('aria-expanded', 'false');
+    $('members-toggle').setAttribute('aria-expanded', 'false');
+  }
+  $('rooms-toggle').addEventListener('click', function () { toggleDrawer($('rooms-toggle'), $('sidebar')); });
+  $('members-toggle').addEventListener('click', function () { toggleDrawer($('members-toggle'), $('online-pane')); });
+  document.addEventListener('keydown', function (event) { if (event.key === 'Escape') closeDrawers(); });
+
+  $('logout').addEventListener('click', async function () {
     try { await fetch('/api/logout', { method: 'POST', credentials: 'same-origin' }); } catch (e) { /* go anyway */ }
     window.location.assign('/');
   });
+  window.addEventListener('beforeunload', saveScroll);
 
   fetch('/api/me', { credentials: 'same-origin' }).then(function (r) {
     if (r.status === 401) { window.location.assign('/'); return; }
