@@ -6,7 +6,8 @@ and prints a table and one JSON line per scenario (see docs/benchmarks.md).
     scripts/bench fanout room     only these
 
 Scenarios: fanout, overload (offered ~1.7x the best fan-out: nobody cut off, every ack delivered), room, idle,
-storm, cpu (server CPU per delivery, every client a sender), coordinator."""
+storm, cpu (server CPU per delivery, every client a sender), coordinator, and the rooms ones (rooms_bench.py):
+rooms (2,000 clients in 200 rooms of 10, every room active), isolation, churn."""
 import argparse
 import json
 import os
@@ -19,6 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "Tests", "IntegrationTests"))
 import conftest  # noqa: E402
+import rooms_bench  # noqa: E402
 
 BIN = conftest.BIN
 PASSWORD = "bench-password-123"
@@ -96,7 +98,7 @@ def run(args):
     global FAST
     FAST = FAST + args.server_args.split()
     q = args.quick
-    selected = args.scenarios or ["fanout", "overload", "room", "idle", "storm", "cpu", "coordinator"]
+    selected = args.scenarios or ["fanout", "overload", "room", "idle", "storm", "cpu", "coordinator", "rooms", "isolation", "churn"]
     users = make_users(10 if q else 200, log_n=10 if q else 15)
     results = []
     try:
@@ -154,6 +156,56 @@ def run(args):
                     results.append(cpu_per_delivery(d, s, n, rate, 2 if q else 20, "cpu-%dmsg" % rate))
             finally:
                 d.stop()
+        if "rooms" in selected:
+            # One user per client, so each is in exactly one room: a separate, quickly hashed users file.
+            rooms, size = (5, 4) if q else (200, 10)
+            many = make_users(rooms * size, log_n=10)
+            d = conftest.Deployment(many, workers=2, extra_args=FAST + ["--request-burst", "100000", "--requests-per-second", "100000"])
+            try:
+                s = sessions_file(d, rooms * size)
+                cookies = open(s).read().split()
+                import requests
+                def login(i):
+                    session = requests.Session()
+                    session.cookies.set("__Host-sc_session", cookies[i])
+                    return session
+                rooms_bench.make_rooms(d, login, rooms, size)
+                pids = server_pids(d)
+                for rate in ([1] if q else args.rooms_rates):
+                    u0, s0 = cpu_seconds(pids)
+                    r = generator("rooms", d, ["--name", "rooms-%gmsg" % rate, "--sessions", s, "--rooms", rooms,
+                                               "--room-size", size, "--rate", rate, "--seconds", 2 if q else 20])
+                    u1, s1 = cpu_seconds(pids)
+                    r["server_cpu_s"] = round(u1 - u0 + s1 - s0, 3)
+                    r["server_cpu_us_per_delivery"] = round(1e6 * r["server_cpu_s"] / max(1, r["delivered"]), 2)
+                    print("  %s: %d deliveries/s, p99 %.1f ms, server CPU %.2f us per delivery"
+                          % (r["scenario"], r["delivered_per_s"], r["p99_ms"], r["server_cpu_us_per_delivery"]))
+                    results.append(r)
+            finally:
+                d.stop()
+                shutil.rmtree(os.path.dirname(many), ignore_errors=True)
+        if "isolation" in selected:
+            d = conftest.Deployment(users, workers=2, extra_args=FAST + ["--request-burst", "100000", "--requests-per-second", "100000"])
+            try:
+                sessions = [d.login("bench%d" % i, PASSWORD) for i in range(8 if q else 20)]
+                r = rooms_bench.isolation(d, sessions, members=4 if q else 10, rate=20, seconds=2 if q else 20)
+                print("  isolation: worker-2 CPU %.3f s with the busy room vs %.3f s idle; worker-1 %.3f s vs %.3f s"
+                      % (r["worker2_cpu_s_busy"], r["worker2_cpu_s_idle"], r["worker1_cpu_s_busy"], r["worker1_cpu_s_idle"]))
+                results.append(r)
+            finally:
+                d.stop()
+        if "churn" in selected:
+            d = conftest.Deployment(users, workers=2, extra_args=FAST + ["--request-burst", "100000", "--requests-per-second", "100000"])
+            try:
+                steady = [d.login("bench%d" % i, PASSWORD) for i in range(4)]
+                churners = [d.login("bench%d" % i, PASSWORD) for i in range(4, 8 if q else 20)]
+                r = rooms_bench.churn(d, steady, churners, rate=50, seconds=2 if q else 20)
+                print("  churn: %.1f joins+leaves/s, %d messages, %d delivered to churners while members, %d to non-members"
+                      % (r["membership_changes_per_s"], r["messages"], r["delivered_to_churners_while_members"],
+                         r["delivered_to_non_members"]))
+                results.append(r)
+            finally:
+                d.stop()
         if "coordinator" in selected:
             d = conftest.Deployment(users, workers=1)
             try:
@@ -178,5 +230,7 @@ if __name__ == "__main__":
     p.add_argument("--idle-connections", type=int, default=16000)
     p.add_argument("--overload-rate", type=float, default=180,
                    help="overload: messages/s per sender (10 senders, 100 receivers: 180 offers 180,000 deliveries/s)")
+    p.add_argument("--rooms-rates", type=float, nargs="*", default=[1, 5],
+                   help="rooms: messages/s per room (one sender each); 5 gives 10,000 deliveries/s, as cpu-1msg does")
     p.add_argument("--server-args", default="", help="extra flags for every deployment, e.g. '--flush-coalesce-ms 2'")
     run(p.parse_args())

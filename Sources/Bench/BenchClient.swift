@@ -245,11 +245,11 @@ final class BenchSocket: ChannelInboundHandler {
     }
 
     /// Sends one chat message stamped with the current time.
-    func sendMessage(padding: Int) {
+    func sendMessage(padding: Int, room: String? = nil) {
         guard let context else { return }
         seq += 1
         let text = "b \(DispatchTime.now().uptimeNanoseconds) \(seq)" + String(repeating: "x", count: padding)
-        let json = "{\"type\":\"send\",\"text\":\"\(text)\"}"
+        let json = room.map { "{\"type\":\"send\",\"room\":\"\($0)\",\"text\":\"\(text)\"}" } ?? "{\"type\":\"send\",\"text\":\"\(text)\"}"
         let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: json))
         context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
         local.sent += 1
@@ -284,10 +284,12 @@ struct Connector: Sendable {
     struct Connection: Sendable {
         let channel: Channel
         let socket: NIOLoopBound<BenchSocket>
+        /// The room this connection sends to (nil: the lobby).
+        var room: String? = nil
 
         func send(padding: Int) {
-            let s = socket
-            channel.eventLoop.execute { s.value.sendMessage(padding: padding) }
+            let s = socket, room = self.room
+            channel.eventLoop.execute { s.value.sendMessage(padding: padding, room: room) }
         }
 
         func ping() {

@@ -9,10 +9,11 @@ import NIOPosix
 @main
 enum BenchMain {
     static let usage = """
-    usage: securechat-bench load|fanout|overload|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]
+    usage: securechat-bench load|fanout|overload|rooms|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]
     The project's own load generator (real TLS WebSocket clients); Benchmarks/bench.py drives it
     and explains each scenario. Common: --threads N (default: one per core), --name LABEL.
       load, fanout, overload   --clients N --senders N --rate R | --rates R1,R2,... --seconds S --padding BYTES
+      rooms                    --rooms N --room-size K --rate R --seconds S --room-prefix P (session i is in room i/K)
       idle                     --connections N --heartbeat-seconds S
       storm                    --users FILE --levels C1,C2,... --per-level N --password PW
       coordinator              --coordinator ADDR --links N --checks-per-second R --seconds S
@@ -54,6 +55,7 @@ enum BenchMain {
                 switch scenario {
                 case "load": report = try await s.load(name: options.string("name", default: "load"))
                 case "fanout": report = try await s.fanout()
+                case "rooms": report = try await s.rooms()
                 case "overload": report = try await s.overload()
                 case "idle": report = try await s.idle()
                 case "storm":

@@ -66,14 +66,20 @@ struct Scenarios {
 
     /// Opens `count` connections, spread over the sessions, `parallel` at a time.
     func open(_ count: Int, parallel: Int = 64) async throws -> [Connector.Connection] {
-        var result: [Connector.Connection] = []
+        try await openIndexed(count, parallel: parallel).map(\.1)
+    }
+
+    /// `open`, each connection with the index of the session it used (sessions file order).
+    func openIndexed(_ count: Int, parallel: Int = 64) async throws -> [(Int, Connector.Connection)] {
+        var result: [(Int, Connector.Connection)] = []
         result.reserveCapacity(count)
         var next = 0
-        try await withThrowingTaskGroup(of: Connector.Connection.self) { g in
+        try await withThrowingTaskGroup(of: (Int, Connector.Connection).self) { g in
             func add() {
-                let cookie = cookies[next % cookies.count]
+                let index = next % cookies.count
+                let cookie = cookies[index]
                 next += 1
-                g.addTask { try await connector.connect(cookie: cookie) }
+                g.addTask { (index, try await connector.connect(cookie: cookie)) }
             }
             for _ in 0..<min(parallel, count) { add() }
             while let c = try await g.next() {
@@ -82,6 +88,27 @@ struct Scenarios {
             }
         }
         return result
+    }
+
+    /// many rooms: `--rooms` rooms of `--room-size` members (session i is in room i / size,
+    /// named `--room-prefix` + index; the rooms are made beforehand), one sender per room at
+    /// `--rate` messages/s, every room active at once.
+    func rooms() async throws -> Report {
+        let count = try options.int("rooms", default: 200)
+        let size = try options.int("room-size", default: 10)
+        let rate = try options.double("rate", default: 2)
+        let seconds = try options.double("seconds", default: 10)
+        let prefix = options.string("room-prefix", default: "br-")
+        let conns = try await openIndexed(count * size, parallel: 128)
+        let senders = conns.filter { $0.0 % size == 0 }.map { (i, c) -> Connector.Connection in
+            var s = c
+            s.room = prefix + String(i / size)
+            return s
+        }
+        var fields: [(String, Any)] = [("rooms", count), ("room_size", size), ("clients", conns.count), ("rate_per_sender", rate)]
+        fields += try await drive(senders: senders, receivers: size, rate: rate, seconds: seconds, padding: 60)
+        await close(conns.map(\.1))
+        return Report(scenario: options.string("name", default: "rooms"), fields: fields)
     }
 
     /// Runs senders at `rate` messages/s each for `seconds`; returns deliveries/s, ratio and percentiles.

@@ -18,6 +18,7 @@ public struct RateLimits: Sendable, Equatable {
     public var loginAddress = RateLimit(burst: 20, interval: 3)
     public var loginName = RateLimit(burst: 30, interval: 2)
     public var sync = RateLimit(burst: 30, interval: 1)
+    public var request = RateLimit(burst: 60, interval: 0.1)
 
     public init() {}
 
@@ -30,7 +31,10 @@ public struct RateLimits: Sendable, Equatable {
         let namePerMin = try options.int("login-name-per-minute", default: 30)
         let syncBurst = try options.int("sync-burst", default: 30)
         let syncRate = try options.double("sync-per-second", default: 1)
-        guard msgBurst > 0, msgRate > 0, userPerMin > 0, addrPerMin > 0, namePerMin > 0, syncBurst > 0, syncRate > 0 else {
+        let requestBurst = try options.int("request-burst", default: 60)
+        let requestRate = try options.double("requests-per-second", default: 10)
+        guard msgBurst > 0, msgRate > 0, userPerMin > 0, addrPerMin > 0, namePerMin > 0, syncBurst > 0, syncRate > 0,
+              requestBurst > 0, requestRate > 0 else {
             throw Options.Invalid("rate limits must be positive")
         }
         message = RateLimit(burst: msgBurst, interval: 1 / msgRate)
@@ -38,6 +42,7 @@ public struct RateLimits: Sendable, Equatable {
         loginAddress = RateLimit(burst: addrPerMin, interval: 60 / Double(addrPerMin))
         loginName = RateLimit(burst: namePerMin, interval: 60 / Double(namePerMin))
         sync = RateLimit(burst: syncBurst, interval: 1 / syncRate)
+        request = RateLimit(burst: requestBurst, interval: 1 / requestRate)
     }
 
     public subscript(kind: RateLimitKind) -> RateLimit {
@@ -47,6 +52,7 @@ public struct RateLimits: Sendable, Equatable {
         case .loginAddress: return loginAddress
         case .loginName: return loginName
         case .sync: return sync
+        case .request: return request
         }
     }
 
@@ -54,7 +60,8 @@ public struct RateLimits: Sendable, Equatable {
     public var arguments: [String] {
         ["--msg-burst", String(message.burst), "--msg-per-second", String(1 / message.interval),
          "--login-user-per-minute", String(loginUser.burst), "--login-address-per-minute", String(loginAddress.burst),
-         "--login-name-per-minute", String(loginName.burst), "--sync-burst", String(sync.burst), "--sync-per-second", String(1 / sync.interval)]
+         "--login-name-per-minute", String(loginName.burst), "--sync-burst", String(sync.burst), "--sync-per-second", String(1 / sync.interval),
+         "--request-burst", String(request.burst), "--requests-per-second", String(1 / request.interval)]
     }
 }
 

@@ -43,7 +43,7 @@ public struct Options: Sendable {
         "help", "log-level", "parent-pid", "metrics-listen", "state-dir", "redis-url", "redis-password", "redis-user", "redis-tls-ca", "coordinator", "cluster-secret",
         "session-idle-seconds", "session-max-seconds",
         "msg-burst", "msg-per-second", "login-user-per-minute", "login-name-per-minute", "login-address-per-minute",
-        "sync-burst", "sync-per-second",
+        "sync-burst", "sync-per-second", "request-burst", "requests-per-second",
     ]
 
     /// Refuses command-line flags outside `known` (and `common`), and positional arguments

@@ -37,6 +37,9 @@ public enum ProcessSupport {
       --cluster-secret S         secret every internal link proves (prefer the environment)
       --msg-burst N, --msg-per-second R        per-user message limit (default 5, 1)
       --login-user-per-minute N, --login-address-per-minute N   failed-login limits (default 5, 20)
+      --login-name-per-minute N  failed logins per name from all addresses (default 30)
+      --sync-burst N, --sync-per-second R      per-user sync limit (default 30, 1)
+      --request-burst N, --requests-per-second R  per-user room requests (default 60, 10)
       --log-level L              trace, debug, info, notice, warning, error, critical (default info)
       --parent-pid PID           exit when this process is gone (set by the launcher)
       --metrics-listen HOST:PORT serve Prometheus metrics at http://HOST:PORT/metrics (default: none;

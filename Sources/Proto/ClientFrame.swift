@@ -243,7 +243,7 @@ extension ClientFrame {
 
         /// `text` (trimmed, 1–2000 code points) or `e2ee` (an object of at most 16 KiB), exactly one.
         func content() throws -> MessageContent {
-            let text = object["text"], e2ee = object["e2ee"]
+            let text = object["text"].flatMap { $0 is NSNull ? nil : $0 }, e2ee = object["e2ee"].flatMap { $0 is NSNull ? nil : $0 }
             if text != nil && e2ee != nil { throw fail(.badRequest, "give 'text' or 'e2ee', not both") }
             if let e2ee {
                 guard let dict = e2ee as? [String: Any], JSONSerialization.isValidJSONObject(dict),
@@ -266,7 +266,8 @@ extension ClientFrame {
         func label(_ key: String, max: Int) throws -> String? {
             guard let raw = try optionalString(key) else { return nil }
             let trimmed = trimUnicodeWhitespace(raw)
-            if trimmed.unicodeScalars.count > max { throw fail(.tooLong, "'\(key)' is longer than \(max) characters") }
+            // A bad field (the contract's words): bad_request, not the message text's too_long.
+            if trimmed.unicodeScalars.count > max { throw fail(.badRequest, "'\(key)' is longer than \(max) characters") }
             return trimmed
         }
 
@@ -286,7 +287,7 @@ extension ClientFrame {
                       !trimUnicodeWhitespace(emoji).isEmpty else {
                     throw fail(.badRequest, "'emoji' must be 1 to \(ChatLimits.maxEmojiScalars) characters")
                 }
-                return .react(room: try room(), id: try id("id"), emoji: emoji, on: try bool("on", default: true), ref: ref)
+                return .react(room: try room(), id: try id("id"), emoji: emoji, on: try bool("on"), ref: ref)
             case "create_room":
                 let name = RoomID.fold(try string("name"))
                 guard RoomID.isValidName(name) else {
@@ -309,7 +310,8 @@ extension ClientFrame {
             case "directory":
                 let query = try optionalString("query") ?? ""
                 guard query.utf8.count <= ChatLimits.maxQueryBytes else { throw fail(.tooLong, "'query' is longer than \(ChatLimits.maxQueryBytes) bytes") }
-                return .directory(query: query.lowercased(), ref: ref)
+                // Folded as names are (ASCII only), as the Lua side compares.
+                return .directory(query: RoomID.fold(query), ref: ref)
             case "members": return .members(room: try room(), ref: ref)
             case "history":
                 var limit = ChatLimits.historyDefault

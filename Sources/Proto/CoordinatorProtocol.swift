@@ -13,6 +13,8 @@ public enum RateLimitKind: String, Codable, Sendable, CaseIterable {
     case loginAddress
     /// `sync` requests per user (each replays history from Redis).
     case sync
+    /// Room requests per user: membership changes, queries, read markers, typing.
+    case request
 }
 
 /// One live WebSocket connection as a worker reports it.

@@ -35,12 +35,10 @@ final class Hub: Sendable {
         var filling = true
         var fillRunning = false
         var waiting: [RoomRelay] = []
-        /// Bumped at every subscription loss; a gap fill from an older one is void.
-        var epoch = 0
+        /// From the Hub's one counter, new for every state and at every subscription loss:
+        /// a gap fill begun for an older one is void.
+        var epoch: Int
         var refs = 0
-        /// SUBSCRIBEs sent for the room not yet confirmed: a fill waits for the last one, so a
-        /// leave and join in quick succession cannot go live on a confirmation from before.
-        var pendingSubscribes = 0
     }
 
     private struct UserWatch {
@@ -53,6 +51,11 @@ final class Hub: Sendable {
         var rooms: [String: RoomRelayState] = [:]
         var users: [String: UserWatch] = [:]
         var subscribed = false
+        var epochs = 0
+        /// SUBSCRIBEs sent per room channel and not yet confirmed (kept across a release): a
+        /// fill waits for the last one, so a leave and join in quick succession cannot go live
+        /// on the confirmation of a subscription that the UNSUBSCRIBE between ended.
+        var pendingSubscribes: [String: Int] = [:]
         /// Who clients were last told is online (for diffs against coordinator snapshots).
         var knownOnline: Set<String> = []
     }
@@ -129,8 +132,9 @@ final class Hub: Sendable {
         return Array(known.union(localUsers)).sorted()
     }
 
-    func isOnline(_ user: String) -> Bool {
-        relay.withLockedValue { $0.knownOnline.contains(user) } || localUsers.contains(user)
+    /// Everyone online as this worker knows it (one snapshot for a whole members list).
+    var onlineSet: Set<String> {
+        relay.withLockedValue { $0.knownOnline }.union(entries.withLockedValue { $0.values.filter(\.reported).map(\.info.user) })
     }
 
     private func forEach(where predicate: (Entry) -> Bool, _ body: @escaping @Sendable (WorkerLinkHandler, UInt32) -> Void) {
@@ -148,38 +152,35 @@ final class Hub: Sendable {
     /// may have missed when it is past `start`).
     @discardableResult
     func retain(room: String, start: MessageID) -> MessageID {
-        let (previous, isNew) = relay.withLockedValue { r -> (MessageID, Bool) in
+        // Decided and written under the relay lock: SUBSCRIBE and UNSUBSCRIBE of one channel
+        // reach Redis in the order the refcount changed.
+        relay.withLockedValue { r -> MessageID in
             if var state = r.rooms[room] {
                 state.refs += 1
                 r.rooms[room] = state
-                return (state.lastRelayed, false)
+                return state.lastRelayed
             }
-            var state = RoomRelayState(lastRelayed: start)
+            r.epochs += 1
+            var state = RoomRelayState(lastRelayed: start, epoch: r.epochs)
             state.refs = 1
-            state.pendingSubscribes = r.subscribed ? 1 : 0
             r.rooms[room] = state
-            return (start, true)
-        }
-        if isNew {
+            if r.subscribed { r.pendingSubscribes[room, default: 0] += 1 }
             Telemetry.workerRooms.increment()
             subscriber.withLockedValue { $0 }?.subscribe([RoomStore.channel(room)])
+            return start
         }
-        return previous
     }
 
     /// A local stream is no longer in `room`: unsubscribe after the last.
     func release(room: String) {
-        let gone = relay.withLockedValue { r -> Bool in
-            guard var state = r.rooms[room] else { return false }
+        relay.withLockedValue { r in
+            guard var state = r.rooms[room] else { return }
             state.refs -= 1
             if state.refs > 0 {
                 r.rooms[room] = state
-                return false
+                return
             }
             r.rooms.removeValue(forKey: room)
-            return true
-        }
-        if gone {
             Telemetry.workerRooms.decrement()
             subscriber.withLockedValue { $0 }?.unsubscribe([RoomStore.channel(room)])
         }
@@ -232,18 +233,18 @@ final class Hub: Sendable {
             }
             for w in waiters { w.succeed(()) }
         } else if channel.hasPrefix(RoomStore.roomChannelPrefix) {
-            fill(room: String(channel.dropFirst(RoomStore.roomChannelPrefix.count)))
+            fill(room: String(channel.dropFirst(RoomStore.roomChannelPrefix.count)), confirmed: true)
         }
     }
 
     /// Reads what the room's stream holds after the last id relayed, relays it, then what
     /// waited, and goes live; retried while Redis fails, void when the subscription dropped again.
-    private func fill(room: String) {
+    private func fill(room: String, confirmed: Bool = false) {
         let start = relay.withLockedValue { r -> (MessageID, Int)? in
-            guard var state = r.rooms[room] else { return nil }
-            if state.pendingSubscribes > 0 { state.pendingSubscribes -= 1 }
-            r.rooms[room] = state
-            guard state.filling, !state.fillRunning, state.pendingSubscribes == 0 else { return nil }
+            if confirmed, let n = r.pendingSubscribes[room] {
+                if n <= 1 { r.pendingSubscribes.removeValue(forKey: room) } else { r.pendingSubscribes[room] = n - 1 }
+            }
+            guard var state = r.rooms[room], state.filling, !state.fillRunning, r.pendingSubscribes[room] == nil else { return nil }
             state.fillRunning = true
             r.rooms[room] = state
             return (state.lastRelayed, state.epoch)
@@ -295,37 +296,36 @@ final class Hub: Sendable {
     /// A local stream of `user` opens: their channel is subscribed, and the future completes
     /// once Redis confirmed it (from then on no event of the user is missed).
     func watchUser(_ user: String, on loop: EventLoop) -> EventLoopFuture<Void> {
-        let (ready, isNew, promise) = relay.withLockedValue { r -> (Bool, Bool, EventLoopPromise<Void>?) in
+        let (ready, promise) = relay.withLockedValue { r -> (Bool, EventLoopPromise<Void>?) in
             var w = r.users[user] ?? UserWatch()
-            let isNew = w.refs == 0
+            if w.refs == 0 { subscriber.withLockedValue { $0 }?.subscribe([RoomStore.userChannel(user)]) }
             w.refs += 1
             if w.confirmed {
                 r.users[user] = w
-                return (true, isNew, nil)
+                return (true, nil)
             }
             let p = loop.makePromise(of: Void.self)
             w.waiters.append(p)
             r.users[user] = w
-            return (false, isNew, p)
+            return (false, p)
         }
-        if isNew { subscriber.withLockedValue { $0 }?.subscribe([RoomStore.userChannel(user)]) }
         if ready { return loop.makeSucceededVoidFuture() }
         return promise!.futureResult
     }
 
     func unwatchUser(_ user: String) {
-        let (gone, waiters) = relay.withLockedValue { r -> (Bool, [EventLoopPromise<Void>]) in
-            guard var w = r.users[user] else { return (false, []) }
+        let waiters = relay.withLockedValue { r -> [EventLoopPromise<Void>] in
+            guard var w = r.users[user] else { return [] }
             w.refs -= 1
             if w.refs > 0 {
                 r.users[user] = w
-                return (false, [])
+                return []
             }
             r.users.removeValue(forKey: user)
-            return (true, w.waiters)
+            subscriber.withLockedValue { $0 }?.unsubscribe([RoomStore.userChannel(user)])
+            return w.waiters
         }
         for w in waiters { w.fail(StreamGone()) }
-        if gone { subscriber.withLockedValue { $0 }?.unsubscribe([RoomStore.userChannel(user)]) }
     }
 
     /// An event published on a user's channel.
@@ -359,11 +359,12 @@ final class Hub: Sendable {
     func subscriptionLost() {
         relay.withLockedValue { r in
             r.subscribed = false
+            r.pendingSubscribes = [:]
             for room in Array(r.rooms.keys) {
+                r.epochs += 1
                 r.rooms[room]!.filling = true
                 r.rooms[room]!.fillRunning = false
-                r.rooms[room]!.epoch += 1
-                r.rooms[room]!.pendingSubscribes = 0
+                r.rooms[room]!.epoch = r.epochs
             }
             for user in Array(r.users.keys) { r.users[user]!.confirmed = false }
         }

@@ -95,11 +95,16 @@ struct RoomStore: Sendable {
           read = last
           redis.call('HSET', read_key(u), r, last)
         end
-        local unread = 0
-        if id_lt(read, last) then
-          for _, e in ipairs(redis.call('XRANGE', stream_key(r), '(' .. read, '+', 'COUNT', 100)) do
-            if fields(e[2]).from ~= u then unread = unread + 1 end
+        -- Others' events after the marker, up to 100 (at most 5 pages scanned past one's own).
+        local unread, cursor, pages = 0, read, 0
+        while unread < 100 and pages < 5 and id_lt(cursor, last) do
+          local es = redis.call('XRANGE', stream_key(r), '(' .. cursor, '+', 'COUNT', 100)
+          if #es == 0 then break end
+          for _, e in ipairs(es) do
+            if unread < 100 and fields(e[2]).from ~= u then unread = unread + 1 end
+            cursor = e[1]
           end
+          pages = pages + 1
         end
         o.read = read
         o.unread = unread
@@ -125,7 +130,7 @@ struct RoomStore: Sendable {
       local o = room_obj(r, u, m)
       local json = cjson.encode(o)
       redis.call('PUBLISH', 'sc:user:' .. u, 'a' .. nl() .. r .. nl() .. o.last_id .. nl() .. except .. nl() .. '{"type":"room_added","room":' .. json .. '}')
-      return json
+      return json, o.last_id
     end
     local function removed(u, r, reason, except)
       redis.call('PUBLISH', 'sc:user:' .. u, 'r' .. nl() .. r .. nl() .. except .. nl() .. cjson.encode({type = 'room_removed', room = r, reason = reason}))
@@ -189,7 +194,8 @@ struct RoomStore: Sendable {
     redis.call('HSET', meta_key(r), 'kind', kind, 'owner', u, 'enc', enc, 'topic', topic, 'created', m.created)
     if title ~= '' then redis.call('HSET', meta_key(r), 'title', title) end
     add_member(r, u, m)
-    return {'ok', added(u, r, m, ARGV[10])}
+    local json, last = added(u, r, m, ARGV[10])
+    return {'ok', json, last}
     """)
 
     /// ARGV: user, room, max rooms, connection.
@@ -197,13 +203,16 @@ struct RoomStore: Sendable {
     local u, r = ARGV[1], ARGV[2]
     local m = meta(r)
     if not m then return {'err', 'not_found'} end
-    if is_member(r, u) then return {'ok', cjson.encode(room_obj(r, u, m)), 'already'} end
+    if is_member(r, u) then
+      local o = room_obj(r, u, m)
+      return {'ok', cjson.encode(o), o.last_id}
+    end
     if m.kind ~= 'public' then return {'err', 'not_found'} end
     if redis.call('SCARD', rooms_key(u)) >= tonumber(ARGV[3]) then return {'err', 'limit', 'in too many rooms'} end
     add_member(r, u, m)
-    local json = added(u, r, m, ARGV[4])
+    local json, last = added(u, r, m, ARGV[4])
     member_event(r, u, true, nil)
-    return {'ok', json}
+    return {'ok', json, last}
     """)
 
     /// ARGV: user, room, connection.
@@ -242,6 +251,7 @@ struct RoomStore: Sendable {
     local u, r, t = ARGV[1], ARGV[2], ARGV[3]
     local admin = ARGV[4] == '1'
     local m, err = visible(r, u, admin)
+    if err == 'not_member' then err = nil end
     if err then return {'err', err} end
     if r == 'lobby' or m.kind == 'dm' then return {'err', 'forbidden', 'nobody is removed from this room'} end
     if m.owner ~= u and not admin then return {'err', 'forbidden', 'only the owner or an admin removes members'} end
@@ -257,10 +267,12 @@ struct RoomStore: Sendable {
     local u, r = ARGV[1], ARGV[2]
     local admin = ARGV[3] == '1'
     local m, err = visible(r, u, admin)
+    if err == 'not_member' then err = nil end
     if err then return {'err', err} end
     if r == 'lobby' or m.kind == 'dm' or (m.owner ~= u and not admin) then
       return {'err', 'forbidden', 'only the owner or an admin changes a room'}
     end
+    if ARGV[4] ~= '1' and ARGV[6] ~= '1' then return {'ok', cjson.encode(room_obj(r, u, m))} end
     if ARGV[4] == '1' then
       if ARGV[5] == '' then redis.call('HDEL', meta_key(r), 'title'); m.title = nil
       else redis.call('HSET', meta_key(r), 'title', ARGV[5]); m.title = ARGV[5] end
@@ -277,16 +289,19 @@ struct RoomStore: Sendable {
     local u, t, r = ARGV[1], ARGV[2], ARGV[5]
     if redis.call('SISMEMBER', 'sc:users', t) == 0 then return {'err', 'not_found'} end
     local m = meta(r)
-    if m and is_member(r, u) then return {'ok', cjson.encode(room_obj(r, u, m)), 'already'} end
+    if m and is_member(r, u) then
+      local o = room_obj(r, u, m)
+      return {'ok', cjson.encode(o), o.last_id}
+    end
     if redis.call('SCARD', rooms_key(u)) >= tonumber(ARGV[3]) then return {'err', 'limit', 'in too many rooms'} end
     if redis.call('SCARD', rooms_key(t)) >= tonumber(ARGV[3]) then return {'err', 'limit', 'that user is in too many rooms'} end
     m = {kind = 'dm', enc = '1', topic = ''}
     redis.call('HSET', meta_key(r), 'kind', 'dm', 'enc', '1', 'topic', '')
     add_member(r, u, m)
     add_member(r, t, m)
-    local json = added(u, r, m, ARGV[4])
+    local json, last = added(u, r, m, ARGV[4])
     added(t, r, m, '')
-    return {'ok', json}
+    return {'ok', json, last}
     """)
 
     /// ARGV: user, query (lower case). Public rooms, most members first, at most 100.

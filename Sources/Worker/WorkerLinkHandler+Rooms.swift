@@ -5,47 +5,60 @@ import Proto
 /// The client frames of rooms and of the message lifecycle. Each is one Lua script (the
 /// rules and the events it causes in one atomic step) and one reply carrying the frame's ref.
 extension WorkerLinkHandler {
-    /// How a request is charged: changes and history events to the message limit, reads to the sync limit.
-    private enum Charge { case message, query, none }
+    /// How a request is charged: history events to the message limit, everything else about
+    /// rooms (changes, queries, read markers, typing) to the request limit.
+    private enum Charge { case message, request, none }
 
     func roomFrame(_ frame: ClientFrame, stream id: UInt32, info: ConnectionInfo) {
         guard let (bound, loop) = loopBound else { return }
         let ref = frame.ref
         let charge: Charge
         switch frame {
-        case .send, .edit, .delete, .react, .createRoom, .join, .leave, .invite, .remove, .setRoom, .openDM: charge = .message
-        case .rooms, .directory, .members, .history, .read: charge = .query
-        case .typing, .sync: charge = .none
+        case .send, .edit, .delete, .react: charge = .message
+        case .createRoom, .join, .leave, .invite, .remove, .setRoom, .openDM, .rooms, .directory, .members, .history, .read, .typing:
+            charge = .request
+        case .sync: charge = .none
         }
         let check: EventLoopFuture<GCRA.Decision?>
         switch charge {
         case .message: check = ctx.limiter.check(.message, key: info.user, on: loop).map { $0 }
-        case .query: check = ctx.limiter.check(.sync, key: info.user, on: loop).map { $0 }
+        case .request: check = ctx.limiter.check(.request, key: info.user, on: loop).map { $0 }
         case .none: check = loop.makeSucceededFuture(nil)
         }
         let ctx = self.ctx
-        check.flatMap { decision -> EventLoopFuture<ServerFrame?> in
+        check.flatMap { decision -> EventLoopFuture<Reply> in
             if let decision, !decision.allowed {
-                Telemetry.rateLimited(charge == .message ? "message" : "sync").increment()
+                Telemetry.rateLimited(charge == .message ? "message" : "request").increment()
                 let limited = ServerFrame.error(code: "rate_limited", message: "too many requests", ref: ref,
                                                 retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up))))
                 // A retry of a stored message is answered, not limited: the client only lost its ack.
                 if case .send = frame, let ref {
                     return ctx.rooms.storedID(user: info.user, ref: ref, on: loop)
-                        .map { stored in stored.map { ServerFrame.ack(ref: ref, id: $0) } ?? limited }
-                        .flatMapErrorThrowing { _ in limited }
+                        .map { stored in Reply(frame: stored.map { ServerFrame.ack(ref: ref, id: $0) } ?? limited) }
+                        .flatMapErrorThrowing { _ in Reply(frame: limited) }
                 }
-                return loop.makeSucceededFuture(limited)
+                return loop.makeSucceededFuture(Reply(frame: limited))
             }
             return Self.perform(frame, ctx: ctx, info: info, on: loop)
         }.flatMapErrorThrowing { error in
             ctx.logger.warning("request failed", metadata: ["error": "\(error)", "user": "\(info.user)"])
-            return .error(code: "unavailable", message: "temporarily unavailable; retry", ref: ref, retryAfterMs: 1000)
+            return Reply(frame: .error(code: "unavailable", message: "temporarily unavailable; retry", ref: ref, retryAfterMs: 1000))
         }.whenSuccess { reply in
             let h = bound.value
-            if let reply { h.reply(id, reply) }
+            if let change = reply.change { h.applyOwnChange(change, user: info.user) }
+            if let frame = reply.frame { h.reply(id, frame) }
             h.done(id)
         }
+    }
+
+    /// A request's answer, and the change of the requester's own membership it made: applied to
+    /// the user's streams on this link before the answer is written, so that once `leave` is
+    /// answered nothing more of the room reaches them, and a `sync` right after `join` is served
+    /// (the user channel's event, later, then changes nothing).
+    struct Reply: Sendable {
+        enum Change: Sendable { case joined(room: String, lastID: MessageID), left(room: String) }
+        var frame: ServerFrame?
+        var change: Change?
     }
 
     private static func refused(_ r: Refusal, ref: String?) -> ServerFrame {
@@ -53,7 +66,46 @@ extension WorkerLinkHandler {
     }
 
     /// The reply to one request, nil for none (an accepted `typing`).
-    private static func perform(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, on loop: EventLoop) -> EventLoopFuture<ServerFrame?> {
+    private static func perform(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, on loop: EventLoop) -> EventLoopFuture<Reply> {
+        let rooms = ctx.rooms, user = info.user, conn = info.id, limits = rooms.limits
+        switch frame {
+        case let .createRoom(name, kind, title, topic, encrypted, ref):
+            let args = [user, name, kind.rawValue, title ?? "", topic ?? "", encrypted ? "1" : "0",
+                        String(limits.roomsPerUser), String(limits.creationsPerHour), String(SessionStore.nowMs()), conn]
+            return rooms.run(RoomStore.createScript, args, on: loop).map { joinedReply($0, room: name, ref: ref) }
+        case let .join(room, ref):
+            return rooms.run(RoomStore.joinScript, [user, room, String(limits.roomsPerUser), conn], on: loop)
+                .map { joinedReply($0, room: room, ref: ref) }
+        case let .openDM(other, ref) where other != user:
+            let dm = RoomID.dm(user, other)
+            return rooms.run(RoomStore.openDMScript, [user, other, String(limits.roomsPerUser), conn, dm], on: loop)
+                .map { joinedReply($0, room: dm, ref: ref) }
+        case let .leave(room, ref):
+            return rooms.run(RoomStore.leaveScript, [user, room, conn], on: loop).map { outcome in
+                switch outcome {
+                case let .refused(code, message): return Reply(frame: .error(code: code, message: message, ref: ref, retryAfterMs: nil))
+                case .ok:
+                    return Reply(frame: .object(type: "room_removed", ref: ref, fields: "\"room\":\(JSONText.string(room)),\"reason\":\"left\""),
+                                 change: .left(room: room))
+                }
+            }
+        default:
+            return answer(frame, ctx: ctx, info: info, on: loop).map { Reply(frame: $0) }
+        }
+    }
+
+    /// A `room_added` answer with the change it makes; the script answered {ok, room json, last id}.
+    private static func joinedReply(_ outcome: RoomStore.Outcome, room: String, ref: String?) -> Reply {
+        switch outcome {
+        case let .refused(code, message): return Reply(frame: .error(code: code, message: message, ref: ref, retryAfterMs: nil))
+        case let .ok(items):
+            let json = items.count > 1 ? items[1].string ?? "null" : "null"
+            let last = items.count > 2 ? items[2].string.flatMap(MessageID.init) ?? .zero : .zero
+            return Reply(frame: .object(type: "room_added", ref: ref, fields: "\"room\":" + json), change: .joined(room: room, lastID: last))
+        }
+    }
+
+    private static func answer(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, on loop: EventLoop) -> EventLoopFuture<ServerFrame?> {
         let rooms = ctx.rooms, user = info.user, conn = info.id
         let limits = rooms.limits, admin = rooms.isAdmin(user) ? "1" : "0"
         func script(_ s: RedisScript, _ args: [String], ref: String?, _ ok: @escaping @Sendable ([RESPValue]) -> ServerFrame?) -> EventLoopFuture<ServerFrame?> {
@@ -63,9 +115,6 @@ extension WorkerLinkHandler {
                 case let .ok(items): return ok(items)
                 }
             }
-        }
-        @Sendable func roomAdded(_ items: [RESPValue], ref: String?) -> ServerFrame {
-            .object(type: "room_added", ref: ref, fields: "\"room\":" + (items.count > 1 ? items[1].string ?? "null" : "null"))
         }
         func append(room: String, kind: String, body: String, target: MessageID?, encrypted: Bool?, replyTo: MessageID?, ref: String?) -> EventLoopFuture<ServerFrame?> {
             rooms.append(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
@@ -94,16 +143,6 @@ extension WorkerLinkHandler {
             return append(room: room, kind: "reaction",
                           body: "\"kind\":\"reaction\",\"target\":\"\(target)\",\"emoji\":\(JSONText.string(emoji)),\"on\":\(on)",
                           target: target, encrypted: nil, replyTo: nil, ref: ref)
-        case let .createRoom(name, kind, title, topic, encrypted, ref):
-            let args = [user, name, kind.rawValue, title ?? "", topic ?? "", encrypted ? "1" : "0",
-                        String(limits.roomsPerUser), String(limits.creationsPerHour), String(SessionStore.nowMs()), conn]
-            return script(RoomStore.createScript, args, ref: ref) { roomAdded($0, ref: ref) }
-        case let .join(room, ref):
-            return script(RoomStore.joinScript, [user, room, String(limits.roomsPerUser), conn], ref: ref) { roomAdded($0, ref: ref) }
-        case let .leave(room, ref):
-            return script(RoomStore.leaveScript, [user, room, conn], ref: ref) { _ in
-                .object(type: "room_removed", ref: ref, fields: "\"room\":\(JSONText.string(room)),\"reason\":\"left\"")
-            }
         case let .invite(room, target, ref):
             return script(RoomStore.inviteScript, [user, room, target, String(limits.roomsPerUser), String(limits.privateMembers)], ref: ref) { _ in
                 .ok(ref: ref)
@@ -115,12 +154,10 @@ extension WorkerLinkHandler {
             return script(RoomStore.setRoomScript, args, ref: ref) { items in
                 .object(type: "room_updated", ref: ref, fields: "\"room\":" + (items.count > 1 ? items[1].string ?? "null" : "null"))
             }
-        case let .openDM(other, ref):
-            guard other != user else {
-                return loop.makeSucceededFuture(.error(code: "bad_request", message: "a direct message needs another user", ref: ref, retryAfterMs: nil))
-            }
-            let args = [user, other, String(limits.roomsPerUser), conn, RoomID.dm(user, other)]
-            return script(RoomStore.openDMScript, args, ref: ref) { roomAdded($0, ref: ref) }
+        case let .openDM(_, ref):
+            return loop.makeSucceededFuture(.error(code: "bad_request", message: "a direct message needs another user", ref: ref, retryAfterMs: nil))
+        case .createRoom, .join, .leave:
+            return loop.makeSucceededFuture(nil)
         case let .rooms(ref):
             return rooms.rooms(user: user, on: loop).map { .object(type: "rooms", ref: ref, fields: "\"rooms\":" + $0.json) }
         case let .directory(query, ref):
@@ -130,10 +167,11 @@ extension WorkerLinkHandler {
         case let .members(room, ref):
             let hub = ctx.hub
             return script(RoomStore.membersScript, [user, room, admin], ref: ref) { items in
+                let online = hub.onlineSet
                 var out = "\"room\":\(JSONText.string(room)),\"members\":["
                 for (i, name) in items.dropFirst().compactMap(\.string).enumerated() {
                     if i > 0 { out += "," }
-                    out += "{\"user\":\(JSONText.string(name)),\"online\":\(hub.isOnline(name))}"
+                    out += "{\"user\":\(JSONText.string(name)),\"online\":\(online.contains(name))}"
                 }
                 return .object(type: "members", ref: ref, fields: out + "]")
             }

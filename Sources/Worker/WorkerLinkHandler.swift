@@ -35,6 +35,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         /// The rooms this stream holds a subscription of in the Hub, and whether it watches its user.
         var retained: Set<String> = []
         var watching = false
+        /// Bumped by every membership change heard for the stream: a room list read before one is stale.
+        var membershipVersion = 0
     }
 
     private enum Handshake {
@@ -341,10 +343,20 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 h.event(id) { $0.sessionLost() }
                 h.flushIfNeeded()
             }
-            guard stream.machine.phase == .live else { continue }
-            ctx.rooms.rooms(user: user, on: loop).whenSuccess { rooms in
-                bound.value.reconcileRooms(id, rooms: rooms)
-            }
+            reconcile(id, attempts: 3)
+        }
+    }
+
+    /// Reads the stream's rooms again and follows them, unless a membership change was heard
+    /// meanwhile (then the list may predate it: read again).
+    private func reconcile(_ id: UInt32, attempts: Int) {
+        guard let bound, let loop = context?.eventLoop, let stream = streams[id], stream.machine.phase == .live, attempts > 0 else { return }
+        let version = stream.membershipVersion
+        ctx.rooms.rooms(user: stream.info.user, on: loop).whenSuccess { rooms in
+            let h = bound.value
+            guard let s = h.streams[id] else { return }
+            if s.membershipVersion != version { h.reconcile(id, attempts: attempts - 1); return }
+            h.reconcileRooms(id, rooms: rooms)
         }
     }
 
@@ -356,8 +368,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             releaseRoom(id, room: room)
         }
         for (room, last) in rooms.last where !stream.machine.isMember(room) {
-            if streams[id]!.machine.joined(room: room, lastID: last) { changed = true }
-            retainRoom(id, room: room, start: last)
+            join(id, room: room, lastID: last)
+            changed = true
         }
         if changed { reply(id, .object(type: "rooms", ref: nil, fields: "\"rooms\":" + rooms.json)) }
         flushIfNeeded()
@@ -550,13 +562,15 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         case let .added(room, lastID, x, j):
             json = j
             except = x
-            for id in ids where streams[id] != nil {
-                if streams[id]!.machine.joined(room: room, lastID: lastID) { retainRoom(id, room: room, start: lastID) }
+            for id in ids {
+                streams[id]?.membershipVersion += 1
+                join(id, room: room, lastID: lastID)
             }
         case let .removed(room, x, j):
             json = j
             except = x
             for id in ids where streams[id] != nil {
+                streams[id]!.membershipVersion += 1
                 if streams[id]!.machine.left(room: room) { releaseRoom(id, room: room) }
             }
         case let .frame(x, j):
@@ -570,6 +584,27 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         }
         if !targets.isEmpty { write(.deliver(payload: payload, streams: targets)) }
         flushIfNeeded()
+    }
+
+    /// The stream's user is in `room` now: index it there, hold the subscription, and replay what
+    /// this worker relayed of the room past `lastID` before the stream was indexed.
+    private func join(_ id: UInt32, room: String, lastID: MessageID) {
+        guard streams[id] != nil, streams[id]!.machine.joined(room: room, lastID: lastID) else { return }
+        let relayed = retainRoom(id, room: room, start: lastID)
+        if relayed > lastID { replay(since: lastID, room: room, stream: id, fromClient: false) }
+    }
+
+    /// The requester's own membership change, applied to all of the user's streams here
+    /// before its answer is written (see `Reply`).
+    func applyOwnChange(_ change: Reply.Change, user: String) {
+        guard let ids = userIndex[user] else { return }
+        for id in ids {
+            switch change {
+            case let .joined(room, lastID): join(id, room: room, lastID: lastID)
+            case let .left(room):
+                if streams[id]?.machine.left(room: room) == true { releaseRoom(id, room: room) }
+            }
+        }
     }
 
     /// An event for every stream (presence), in one `deliver` frame.

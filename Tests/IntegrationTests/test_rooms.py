@@ -69,8 +69,14 @@ def test_create_join_chat_leave_across_workers(make_deployment):
         assert await refused(b, {"type": "history", "room": "dev-team"}) == "not_member"
         found = await call(b, {"type": "directory", "query": "DEV"}, "directory")
         assert [r["id"] for r in found["rooms"]] == ["dev-team"]
-        joined = await call(b, {"type": "join", "room": "dev-team"}, "room_added")
-        assert joined["room"]["members"] == 2
+        assert await refused(b, {"type": "remove", "room": "dev-team", "user": "alice"}) == "forbidden"
+        assert await refused(b, {"type": "set_room", "room": "dev-team", "topic": "x"}) == "forbidden"
+        await b.send({"type": "join", "room": "dev-team", "ref": "j"})
+        # A sync sent right behind the join (before its answer) is served.
+        await b.send({"type": "sync", "room": "dev-team", "since": "0-0"})
+        joined = await b.wait_for(lambda f: f.get("ref") == "j")
+        assert joined["type"] == "room_added" and joined["room"]["members"] == 2
+        assert (await b.wait_for(lambda f: f["type"] in ("synced", "error")))["type"] == "synced"
         member = await a.wait_for(lambda f: f["type"] == "member")
         assert member == {"type": "member", "room": "dev-team", "user": "bob", "joined": True}
         # A message in the room reaches both workers' members, and no one else.
@@ -213,7 +219,8 @@ def test_lifecycle_edit_delete_react_reply_and_history(make_deployment):
         gone = await b.wait_for(lambda f: f["type"] == "message" and f.get("kind") == "delete")
         assert gone["target"] == first["id"]
         assert await refused(a, {"type": "edit", "room": "life", "id": first["id"], "text": "again"}) == "not_found"
-        assert await refused(b, {"type": "react", "room": "life", "id": first["id"], "emoji": "x"}) == "not_found"
+        assert await refused(b, {"type": "react", "room": "life", "id": first["id"], "emoji": "x", "on": True}) == "not_found"
+        assert await refused(b, {"type": "react", "room": "life", "id": reply["id"], "emoji": "x"}) == "bad_request"
         # The deleted text (and its edit's) is gone from history, sync and the stream itself.
         hist = await call(b, {"type": "history", "room": "life"}, "history")
         texts = [m.get("text") for m in hist["messages"]]
