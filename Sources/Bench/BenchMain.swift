@@ -29,7 +29,7 @@ enum BenchMain {
         do {
             try options.refuseUnknown(["ca", "name", "password", "path", "sessions", "threads", "url", "user-prefix", "users",
                                        "checks-per-second", "clients", "connections", "drain-seconds", "heartbeat-seconds",
-                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders"],
+                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders", "rooms", "room-size", "room-prefix"],
                                       positionalLimit: 1)
         } catch {
             print("error: \(error)")
