@@ -11,7 +11,8 @@ enum BenchMain {
     static let usage = """
     usage: securechat-bench load|fanout|overload|rooms|idle|storm|coordinator --url https://127.0.0.1:PORT --ca CERT --sessions FILE [...]
     The project's own load generator (real TLS WebSocket clients); Benchmarks/bench.py drives it
-    and explains each scenario. Common: --threads N (default: one per core), --name LABEL.
+    and explains each scenario. Common: --threads N (default: one per core), --name LABEL,
+    --server-pids P1,P2,... (report the CPU those processes spend in each sending window).
       load, fanout, overload   --clients N --senders N --rate R | --rates R1,R2,... --seconds S --padding BYTES
       rooms                    --rooms N --room-size K --rate R --seconds S --room-prefix P (session i is in room i/K)
       idle                     --connections N --heartbeat-seconds S
@@ -29,7 +30,7 @@ enum BenchMain {
         do {
             try options.refuseUnknown(["ca", "name", "password", "path", "sessions", "threads", "url", "user-prefix", "users",
                                        "checks-per-second", "clients", "connections", "drain-seconds", "heartbeat-seconds",
-                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders", "rooms", "room-size", "room-prefix"],
+                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders", "rooms", "room-size", "room-prefix", "server-pids"],
                                       positionalLimit: 1)
         } catch {
             print("error: \(error)")

@@ -111,9 +111,25 @@ struct Scenarios {
         return Report(scenario: options.string("name", default: "rooms"), fields: fields)
     }
 
-    /// Runs senders at `rate` messages/s each for `seconds`; returns deliveries/s, ratio and percentiles.
+    /// CPU seconds (user + system) the processes of `--server-pids` have used so far.
+    func serverCPU() -> Double? {
+        guard let list = options.string("server-pids") else { return nil }
+        let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var total = 0.0
+        for pid in list.split(separator: ",") {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = text.lastIndex(of: ")") else { continue }
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            if fields.count > 12, let u = Double(fields[11]), let k = Double(fields[12]) { total += (u + k) / tick }
+        }
+        return total
+    }
+
+    /// Runs senders at `rate` messages/s each for `seconds`; returns deliveries/s, ratio and percentiles,
+    /// and with `--server-pids` the CPU those processes spent in the window (sending and the second after).
     func drive(senders: [Connector.Connection], receivers: Int, rate: Double, seconds: Double, padding: Int) async throws -> [(String, Any)] {
         stats.reset()
+        let cpuBefore = serverCPU()
         let interval = TimeAmount.nanoseconds(Int64(1e9 / rate))
         var tasks: [RepeatedTask] = []
         for (i, s) in senders.enumerated() {
@@ -128,7 +144,12 @@ struct Scenarios {
         let s = stats.state.withLockedValue { $0 }
         let expected = s.sent * receivers
         let ratio = expected == 0 ? 0 : Double(s.delivered) / Double(expected)
-        return [
+        var cpu: [(String, Any)] = []
+        if let before = cpuBefore, let after = serverCPU() {
+            cpu = [("server_cpu_s_window", round3(after - before)),
+                   ("server_cpu_us_per_delivery_window", round3(1e6 * (after - before) / Double(max(1, s.delivered))))]
+        }
+        return cpu + [
             ("sent", s.sent), ("acked", s.acked), ("errors", s.errors), ("delivered", s.delivered),
             ("expected_deliveries", expected), ("delivery_ratio", round3(ratio * 100) / 100),
             ("delivered_per_s", Int(Double(s.delivered) / elapsed)),

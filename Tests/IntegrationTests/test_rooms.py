@@ -395,3 +395,27 @@ def test_a_worker_subscribes_only_to_rooms_it_serves(make_deployment):
         wait_until(lambda: channels()["sc:room:lobby"] == 0, 5, what="no worker serves the lobby")
 
     run(scenario())
+
+
+def test_a_lost_subscription_is_refilled_per_room(make_deployment):
+    d = rooms_deployment(make_deployment)
+    alice, bob = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a, b = await on_two_workers(d, alice, bob)
+        await call(a, {"type": "create_room", "name": "refill", "kind": "private"}, "room_added")
+        await call(a, {"type": "invite", "room": "refill", "user": "bob"}, "ok")
+        await b.wait_for(lambda f: f["type"] == "room_added")
+        ids = []
+        for i in range(15):
+            # Every worker's subscription cut again and again while the room's messages flow.
+            d.redis("CLIENT", "KILL", "TYPE", "pubsub")
+            ids.append((await call(a, {"type": "send", "room": "refill", "text": "during %d" % i}, "ack"))["id"])
+        got = []
+        while len(got) < len(ids):
+            got.append((await b.wait_for(lambda f: f["type"] == "message" and f["room"] == "refill", timeout=15))["id"])
+        assert got == ids                       # every one, once, in order, without a sync
+        await a.close()
+        await b.close()
+
+    run(scenario())
