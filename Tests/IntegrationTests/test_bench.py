@@ -14,7 +14,8 @@ def test_bench_quick_runs_every_scenario():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = out.stdout.split("== summary", 1)[1]
     reports = {r["scenario"]: r for r in (json.loads(l) for l in summary.splitlines() if l.startswith("{"))}
-    assert set(reports) >= {"fanout", "overload", "room", "idle", "storm", "cpu-1msg", "coordinator"}
+    assert set(reports) >= {"fanout", "overload", "room", "idle", "storm", "cpu-1msg", "coordinator",
+                            "rooms-1msg", "isolation", "churn"}
     assert reports["overload"]["all_acked_delivered"] and reports["overload"]["closed"] == 0, reports["overload"]
     for name in ("fanout", "room", "cpu-1msg"):
         r = reports[name]
@@ -25,3 +26,7 @@ def test_bench_quick_runs_every_scenario():
     assert reports["storm"]["steps"][0]["ok"] > 0
     assert reports["coordinator"]["checks"] > 0
     assert reports["cpu-1msg"]["server_cpu_us_per_delivery"] > 0
+    r = reports["rooms-1msg"]
+    assert r["delivered"] > 0 and r["delivered"] == r["expected_deliveries"] and r["server_cpu_s_window"] >= 0, r
+    assert reports["isolation"]["busy_room_frames_at_worker2_clients"] == 0, reports["isolation"]
+    assert reports["churn"]["joins"] > 0 and reports["churn"]["delivered_to_non_members"] == 0, reports["churn"]
