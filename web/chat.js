@@ -132,7 +132,13 @@
   $('dm-list').addEventListener('click', pickRoom);
   function pickRoom(event) {
     const button = event.target.closest('button[data-room]');
-    if (button) { openRoom(button.dataset.room); closeDrawers(); }
+    if (button) {
+      const wasDrawer = $('sidebar').classList.contains('open');
+      openRoom(button.dataset.room);
+      closeDrawers();
+      // Keyboard users land where they will type (or read, in a room they cannot write to yet).
+      if (wasDrawer) (input.disabled ? list : input).focus();
+    }
   }
 
   // ---- the open room ------------------------------------------------------
@@ -186,11 +192,13 @@
       reply.messages.forEach(function (m) { apply(r, m, true); });
       if (!r.loaded) {
         r.loaded = true;
-        if (!r.lastId && reply.messages.length) r.lastId = reply.messages[reply.messages.length - 1].id;
+        const newest = reply.messages.length ? reply.messages[reply.messages.length - 1].id : null;
+        if (newest && newer(newest, r.lastId)) r.lastId = newest;
       }
       if (r.id === current) {
         renderMessages(false);
         if (first) restoreScroll(); else list.scrollTop = list.scrollHeight - before;
+        markRead();
       }
     });
   }
@@ -203,7 +211,9 @@
   });
 
   // A history event into the room's model. `old`: from a history page (may be older than what is shown).
-  function apply(r, m, old) {
+  // `count`: a live event the server has not counted in `unread` yet (not a replay).
+  function apply(r, m, old, count) {
+    if (count === undefined) count = !old;
     if (r.events.has(m.id)) return false;
     if (!old) {
       if (!newer(m.id, r.lastId)) return false;
@@ -216,7 +226,7 @@
                   deleted: false, reactions: new Map() };
       r.events.set(m.id, e);
       insertOrdered(r, m.id);
-      (r.pendingTargets.get(m.id) || []).sort(byId).forEach(function (x) { modify(r, e, x); });
+      (r.pendingTargets.get(m.id) || []).forEach(function (x) { modify(r, e, x); });
       r.pendingTargets.delete(m.id);
     } else {
       r.events.set(m.id, { id: m.id, kind: kind });
@@ -228,7 +238,7 @@
         r.pendingTargets.set(m.target, list_);
       }
     }
-    if (kind === 'text' && m.from !== user && !old && !(r.id === current && document.hasFocus() && atBottom())) {
+    if (kind === 'text' && m.from !== user && count && !(r.id === current && document.hasFocus() && atBottom())) {
       r.obj.unread = (r.obj.unread || 0) + 1;
     }
     r.obj.last_id = newer(m.id, r.obj.last_id) ? m.id : r.obj.last_id;
@@ -241,10 +251,19 @@
     r.order.splice(i, 0, id);
   }
 
+  // Changes may arrive in any order (a live edit before the history page holding an older one):
+  // the newest edit wins, and per emoji and user the newest reaction event.
   function modify(r, e, m) {
-    if (m.kind === 'edit') { e.text = m.text; e.e2ee = m.e2ee; e.edited = true; }
-    else if (m.kind === 'delete') { e.deleted = true; e.text = ''; e.e2ee = null; }
+    if (m.kind === 'edit') {
+      if (e.editId && !newer(m.id, e.editId)) return;
+      e.editId = m.id;
+      e.text = m.text; e.e2ee = m.e2ee; e.edited = true;
+    } else if (m.kind === 'delete') { e.deleted = true; e.text = ''; e.e2ee = null; }
     else if (m.kind === 'reaction') {
+      e.reactionIds = e.reactionIds || new Map();
+      const key = m.emoji + '\n' + m.from;
+      if (e.reactionIds.has(key) && !newer(m.id, e.reactionIds.get(key))) return;
+      e.reactionIds.set(key, m.id);
       const who = e.reactions.get(m.emoji) || new Set();
       if (m.on) who.add(m.from); else who.delete(m.from);
       if (who.size) e.reactions.set(m.emoji, who); else e.reactions.delete(m.emoji);
@@ -254,12 +273,19 @@
   function renderMessages(restore) {
     const r = rooms.get(current);
     const items = [];
+    // In id order (never by time: ids order a room); a notice goes after the message shown last when it came.
+    const after = new Map();
+    (r.id === LOBBY ? r.notices : []).forEach(function (n) {
+      const k = n.afterId || '';
+      if (!after.has(k)) after.set(k, []);
+      after.get(k).push(n.li);
+    });
+    (after.get('') || []).forEach(function (li) { items.push(li); });
     r.order.forEach(function (id) {
       const e = r.events.get(id);
       if (e && e.reactions) items.push(messageItem(r, e));
+      (after.get(id) || []).forEach(function (li) { items.push(li); });
     });
-    if (r.id === LOBBY) r.notices.forEach(function (n) { items.push(n); });
-    items.sort(function (a, b) { return Number(a.dataset.ts) - Number(b.dataset.ts); });
     if (r.loaded && r.order.length === 0) {
       const li = document.createElement('li');
       li.className = 'notice empty';
@@ -281,7 +307,7 @@
       if (empty) empty.remove();
       list.appendChild(messageItem(r, r.events.get(m.id)));
     } else if (kind !== 'text' && r.events.get(m.target) && r.events.get(m.target).reactions) {
-      const old = list.querySelector('li.message[data-id="' + m.target + '"]');
+      const old = list.querySelector('li.message[data-id="' + CSS.escape(m.target) + '"]');
       if (old) old.replaceWith(messageItem(r, r.events.get(m.target)));
       // A reply quoting it shows the change too.
       list.querySelectorAll('li.message').forEach(function (li) {
@@ -391,6 +417,8 @@
       case 'pick':
       case 'toggle': {
         const emoji = b.dataset.emoji;
+        const picker = li.querySelector('.picker');
+        if (picker) picker.remove();
         const on = !(e.reactions.get(emoji) && e.reactions.get(emoji).has(user));
         request({ type: 'react', room: r.id, id: e.id, emoji: emoji, on: on }, showRefusal);
         break;
@@ -419,12 +447,21 @@
       b.setAttribute('aria-label', 'React with ' + emoji);
       picker.appendChild(b);
     });
+    picker.addEventListener('keydown', function (event) {
+      if (event.key === 'Escape') {
+        event.stopPropagation();
+        picker.remove();
+        const react = li.querySelector('button[data-action="react"]');
+        if (react) react.focus();
+      }
+    });
     li.appendChild(picker);
     picker.firstChild.focus();
   }
 
   function editInPlace(li, r, e) {
     const text = li.querySelector('.text');
+    if (!text) return;   // already being edited
     const box = document.createElement('input');
     box.className = 'edit-box';
     box.value = e.text;
@@ -432,14 +469,19 @@
     box.setAttribute('aria-label', 'Edit message; Enter saves, Escape cancels');
     text.replaceWith(box);
     box.focus();
+    const refocus = function () {
+      const again = list.querySelector('li.message[data-id="' + CSS.escape(e.id) + '"] button[data-action="edit"]');
+      if (again) again.focus();
+    };
     box.addEventListener('keydown', function (event) {
-      if (event.key === 'Escape') { renderMessages(false); }
+      if (event.isComposing) return;
+      if (event.key === 'Escape') { event.stopPropagation(); renderMessages(false); refocus(); }
       if (event.key === 'Enter') {
         event.preventDefault();
         const value = box.value;
-        if (value.trim() === '' || value.trim() === e.text) { renderMessages(false); return; }
+        if (value.trim() === '' || value.trim() === e.text) { renderMessages(false); refocus(); return; }
         request({ type: 'edit', room: r.id, id: e.id, text: value }, function (reply) {
-          if (reply.type === 'error') showRefusal(reply); else renderMessages(false);
+          if (reply.type === 'error') showRefusal(reply); else { renderMessages(false); refocus(); }
         });
       }
     });
@@ -532,7 +574,7 @@
     li.textContent = text;
     const lobby = rooms.get(LOBBY);
     if (!lobby) return;
-    lobby.notices.push(li);
+    lobby.notices.push({ li: li, afterId: lobby.lastId });
     if (lobby.notices.length > 50) lobby.notices.shift();
     if (current === LOBBY) { const b = atBottom(); list.appendChild(li); if (b) list.scrollTop = list.scrollHeight; }
   }
@@ -600,16 +642,15 @@
       const cb = waiting.get(frame.ref);
       waiting.delete(frame.ref);
       cb(frame);
-      if (frame.type !== 'ack' && frame.type !== 'error') return;
+      // Errors of requests are shown by their callback (a dialog's own line), not again below.
+      if (frame.type !== 'ack') return;
     }
     switch (frame.type) {
       case 'welcome': {
         user = frame.user;
         me.textContent = 'Signed in as ' + frame.user;
         online = new Set(frame.online);
-        const seen = new Set();
-        frame.rooms.forEach(function (o) { roomState(o); seen.add(o.id); });
-        Array.from(rooms.keys()).forEach(function (id) { if (!seen.has(id)) rooms.delete(id); });
+        followRooms(frame.rooms);
         const lobby = rooms.get(LOBBY);
         if (!welcomed) {
           frame.history.forEach(function (m) { apply(lobby, m, true); });
@@ -617,15 +658,18 @@
           lobby.loaded = true;
           lobby.more = frame.history.length > 0;
         } else {
-          // After a reconnect: replay every room shown from the last id seen, in order, before live events.
+          // After a reconnect: replay every room this page has loaded from the last id seen (an
+          // empty one from the start), in order, before its live events; one sync at a time.
+          syncQueue = [];
           rooms.forEach(function (r) {
-            if (r.id === LOBBY && !r.lastId) frame.history.forEach(function (m) { apply(r, m, true); });
-            if (!r.lastId) return;
+            if (!r.loaded) return;
             r.syncing = true;
             r.buffered = r.id === LOBBY ? frame.history.slice() : [];
-            socket.send(JSON.stringify({ type: 'sync', room: r.id, since: r.lastId }));
+            syncQueue.push(r.id);
           });
+          nextSync();
         }
+        resendPending();
         welcomed = true;
         renderOnline();
         openRoom(rooms.has(current) ? current : LOBBY);
@@ -638,19 +682,11 @@
       }
       case 'synced': {
         const r = rooms.get(frame.room);
+        if (syncing === frame.room) { syncing = null; nextSync(); }
         if (!r) break;
-        r.syncing = false;
-        r.buffered.sort(byId).forEach(function (m) { apply(r, m, false); });
-        r.buffered = [];
+        finishSync(r);
         if (!frame.recovered && r.id === LOBBY) lobbyNotice('Some older messages could not be recovered.');
-        if (r.id === current) renderMessages(false);
-        renderSidebar();
-        if (r.id === LOBBY) {
-          // Sends that were not acknowledged before the connection dropped go again, same ref: stored once.
-          pending.forEach(function (p, ref) {
-            socket.send(JSON.stringify({ type: 'send', text: p.text, ref: ref, room: p.room, reply_to: p.replyTo || undefined }));
-          });
-        }
+        resendPending();
         break;
       }
       case 'room_added':
@@ -671,8 +707,9 @@
         break;
       }
       case 'rooms':
-        frame.rooms.forEach(roomState);
-        renderSidebar();
+        // Unsolicited after the server lost track for a while: the list as it is now.
+        followRooms(frame.rooms);
+        if (!rooms.has(current)) openRoom(LOBBY); else renderSidebar();
         break;
       case 'member': {
         const r = rooms.get(frame.room);
@@ -718,10 +755,69 @@
         sendError.hidden = true;
         break;
       case 'error':
+        if (!frame.ref && syncing) {
+          // The outstanding sync was refused: again later (rate limit, Redis), or not at all (room gone).
+          const id = syncing;
+          syncing = null;
+          if (frame.code === 'rate_limited' || frame.code === 'unavailable') {
+            syncQueue.unshift(id);
+            setTimeout(nextSync, frame.retry_after_ms || 1000);
+          } else {
+            const r = rooms.get(id);
+            if (r) finishSync(r);
+            nextSync();
+          }
+          break;
+        }
         if (frame.ref) pending.delete(frame.ref);
         showSendError(frame.code === 'rate_limited' ? errorText(frame) + ' Your message is still in the box.' : errorText(frame));
         break;
     }
+  }
+
+  // Reconnect syncs go one at a time: the server answers each with `synced` (or an error),
+  // and its sync limit allows a burst, then one a second.
+  let syncQueue = [];
+  let syncing = null;
+  function nextSync() {
+    if (syncing || !socket || socket.readyState !== WebSocket.OPEN) return;
+    while (syncQueue.length) {
+      const id = syncQueue.shift();
+      const r = rooms.get(id);
+      if (!r || !r.syncing) continue;
+      syncing = id;
+      socket.send(JSON.stringify({ type: 'sync', room: id, since: r.lastId || '0-0' }));
+      return;
+    }
+  }
+  function finishSync(r) {
+    r.syncing = false;
+    // Replayed events are in the server's unread count already.
+    r.buffered.sort(byId).forEach(function (m) { apply(r, m, false, false); });
+    r.buffered = [];
+    if (r.id === current) { renderMessages(false); markRead(); }
+    renderSidebar();
+  }
+
+  // Sends not acknowledged before the connection dropped go again with the same ref (stored
+  // once), each once its room is caught up.
+  function resendPending() {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    pending.forEach(function (p, ref) {
+      const r = rooms.get(p.room);
+      if (p.sentOn === socket || (r && r.syncing)) return;
+      p.sentOn = socket;
+      const frame = { type: 'send', text: p.text, ref: ref, room: p.room };
+      if (p.replyTo) frame.reply_to = p.replyTo;
+      socket.send(JSON.stringify(frame));
+    });
+  }
+
+  // The user's rooms as the server listed them: new ones added, gone ones dropped.
+  function followRooms(list_) {
+    const seen = new Set();
+    list_.forEach(function (o) { roomState(o); seen.add(o.id); });
+    Array.from(rooms.keys()).forEach(function (id) { if (!seen.has(id)) rooms.delete(id); });
   }
 
   function connect() {
@@ -738,7 +834,9 @@
       handle(frame);
     });
     socket.addEventListener('close', function (event) {
-      rooms.forEach(function (r) { r.syncing = false; });
+      rooms.forEach(function (r) { r.syncing = false; r.buffered = []; });
+      syncQueue = [];
+      syncing = null;
       waiting.forEach(function (cb) { cb({ type: 'error', code: 'offline' }); });
       waiting.clear();
       if (event.code === 4001) {
@@ -774,10 +872,14 @@
       showSendError('Not connected yet; your message is still in the box.');
       return;
     }
+    // The same text still waiting for its ack (a second Enter): not sent twice.
+    let waitingAlready = false;
+    pending.forEach(function (p) { if (p.room === current && p.text === text) waitingAlready = true; });
+    if (waitingAlready) return;
     const ref = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
     const frame = { type: 'send', text: text, ref: ref, room: current };
     if (replyTo) frame.reply_to = replyTo.id;
-    pending.set(ref, { room: current, text: text, replyTo: frame.reply_to });
+    pending.set(ref, { room: current, text: text, replyTo: frame.reply_to, sentOn: socket });
     sendError.hidden = true;
     cancelReply();
     socket.send(JSON.stringify(frame));
@@ -895,7 +997,12 @@
   function toggleDrawer(button, pane) {
     const open = !pane.classList.contains('open');
     closeDrawers();
-    if (open) { pane.classList.add('open'); button.setAttribute('aria-expanded', 'true'); }
+    if (open) {
+      pane.classList.add('open');
+      button.setAttribute('aria-expanded', 'true');
+      const first = pane.querySelector('button');
+      if (first) first.focus();
+    }
   }
   function closeDrawers() {
     $('sidebar').classList.remove('open');

@@ -68,7 +68,10 @@ def connected(driver):
 
 
 def messages(driver):
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#messages li.message .text")]
+    """The texts of the open room's messages, read in one script: the list may be redrawn
+    between two element reads (a reconnect's replay, a history page)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#messages li.message .text')).map(function (e) { return e.textContent; })")
 
 
 def send(driver, text):

@@ -7,7 +7,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.action_chains import ActionChains
 
 from conftest import wait_until
-from test_browser import browsers, connected, login, messages, send, shot, wait  # noqa: F401 (browsers is a fixture)
+from test_browser import WATCH_STATES, browsers, connected, login, messages, send, shot, wait  # noqa: F401 (browsers is a fixture)
 from wsclient import Client, run
 
 FAST = ["--msg-burst", "1000", "--msg-per-second", "1000", "--sync-burst", "1000", "--sync-per-second", "1000"]
@@ -50,6 +50,16 @@ def row(b, text):
         if (rows[i].querySelector('.text').textContent.indexOf(arguments[0]) >= 0) return rows[i];
       }
       return null;""", text)
+
+
+def row_text(b, text):
+    """The whole text of that row, read in the same script (a row may be replaced at any moment)."""
+    return b.execute_script("""
+      var rows = document.querySelectorAll('#messages li.message');
+      for (var i = 0; i < rows.length; i++) {
+        if (rows[i].querySelector('.text').textContent.indexOf(arguments[0]) >= 0) return rows[i].innerText;
+      }
+      return null;""", text) or ""
 
 
 def test_create_invite_chat_and_read_markers_across_devices(make_deployment, browsers):
@@ -142,19 +152,20 @@ def test_dm_edit_delete_react_reply(make_deployment, browsers):
     box = alice.find_element(By.CSS_SELECTOR, "#messages .edit-box")
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("the final text", Keys.ENTER)
-    wait(bob, lambda x: row(x, "the final text") is not None and "(edited)" in row(x, "the final text").text)
+    wait(bob, lambda x: "(edited)" in row_text(x, "the final text"))
     theirs = row(bob, "the final text")
     ActionChains(bob).move_to_element(theirs).perform()
     assert theirs.find_elements(By.CSS_SELECTOR, 'button[data-action="edit"]') == []   # not bob's to edit
     theirs.find_element(By.CSS_SELECTOR, 'button[data-action="react"]').click()
     bob.find_element(By.CSS_SELECTOR, '#messages .picker button[data-emoji="👍"]').click()
-    wait(alice, lambda x: "👍 1" in row(x, "the final text").text)
+    wait(alice, lambda x: "👍 1" in row_text(x, "the final text"))
+    wait(bob, lambda x: "👍 1" in row_text(x, "the final text"))   # bob's row is redrawn by it too
     theirs = row(bob, "the final text")
     ActionChains(bob).move_to_element(theirs).perform()
     theirs.find_element(By.CSS_SELECTOR, 'button[data-action="reply"]').click()
     assert "Replying to alice" in bob.find_element(By.ID, "reply-bar").text
     send(bob, "agreed")
-    wait(alice, lambda x: row(x, "agreed") is not None and "↪ alice: the final text" in row(x, "agreed").text)
+    wait(alice, lambda x: "↪ alice: the final text" in row_text(x, "agreed"))
     shot(alice, "rooms-5-edit-react-reply")
     mine = row(alice, "the final text")
     ActionChains(alice).move_to_element(mine).perform()
@@ -185,10 +196,11 @@ def test_scrollback_loads_older_history(make_deployment, browsers):
     wait(a, lambda x: "old message 129" in messages(x))
     assert len(messages(a)) == 50
     for _ in range(10):
+        shown = len(messages(a))
         a.execute_script("document.getElementById('messages').scrollTop = 0")
         if "old message 000" in messages(a):
             break
-        wait(a, lambda x: len(messages(x)) > 50, timeout=5)
+        wait(a, lambda x: len(messages(x)) > shown, timeout=5)
     wait(a, lambda x: "old message 000" in messages(x))
     shown = messages(a)
     assert shown == ["old message %03d" % i for i in range(130)]
@@ -226,3 +238,34 @@ def test_phone_width_and_keyboard_and_names(make_deployment, browsers):
     assert controls
     unnamed = [n for n in controls if not (n.get("name", {}).get("value") or "").strip()]
     assert unnamed == [], unnamed
+
+
+def test_reconnect_replays_every_loaded_room(make_deployment, browsers):
+    d = rooms_deployment(make_deployment)
+    alice, bob = browsers(), browsers()
+    signed_in(alice, d, "alice")
+    signed_in(bob, d, "bob")
+    # An empty room alice has open, and the lobby she has seen: both are replayed after a reconnect.
+    alice.find_element(By.ID, "new-room").click()
+    alice.find_element(By.ID, "create-name").send_keys("ops")
+    alice.find_element(By.ID, "create-submit").click()
+    wait(alice, lambda x: x.find_element(By.ID, "room-title").text == "#ops")
+    wait(alice, lambda x: "No messages yet." in x.find_element(By.ID, "messages").text)
+    bob.find_element(By.ID, "browse-rooms").click()
+    wait(bob, lambda x: "ops" in x.find_element(By.ID, "directory-list").text)
+    bob.find_element(By.CSS_SELECTOR, "#directory-list button").click()
+    wait(bob, lambda x: x.find_element(By.ID, "room-title").text == "#ops")
+    alice.execute_script(WATCH_STATES)
+    # alice connected first, to the least loaded worker: worker-1.
+    d.kill("worker-1")
+    sent = ["while alice was away %d" % i for i in range(3)]
+    for text in sent:
+        send(bob, text)
+        wait(bob, lambda x: text in messages(x))
+    wait(alice, lambda x: messages(x) == sent, timeout=20)
+    wait(alice, connected)
+    assert "reconnecting" in alice.execute_script("return window.__states")
+    open_room(alice, "lobby")
+    open_room(alice, "ops")
+    wait(alice, lambda x: messages(x) == sent)          # nothing twice after a redraw either
+    shot(alice, "rooms-10-reconnected")
