@@ -96,6 +96,8 @@ public enum UserRelay: Sendable, Equatable {
     case removed(room: String, except: String, json: String)
     /// A frame for every connection of the user (`read`, ...).
     case frame(except: String, json: String)
+    /// A `to_device` message for the connections bound to `device`; `id` its inbox id.
+    case toDevice(device: String, id: MessageID, json: String)
 
     public init?(payload: String) {
         func split(_ n: Int) -> [String] {
@@ -115,6 +117,10 @@ public enum UserRelay: Sendable, Equatable {
             let p = split(2)
             guard p.count == 3, p[0] == "f", !p[2].isEmpty else { return nil }
             self = .frame(except: p[1], json: p[2])
+        case UInt8(ascii: "v"):
+            let p = split(3)
+            guard p.count == 4, p[0] == "v", !p[1].isEmpty, let id = MessageID(p[2]), !p[3].isEmpty else { return nil }
+            self = .toDevice(device: p[1], id: id, json: p[3])
         default:
             return nil
         }
@@ -125,6 +131,7 @@ public enum UserRelay: Sendable, Equatable {
         case let .added(room, lastID, except, json): return "a\n\(room)\n\(lastID)\n\(except)\n\(json)"
         case let .removed(room, except, json): return "r\n\(room)\n\(except)\n\(json)"
         case let .frame(except, json): return "f\n\(except)\n\(json)"
+        case let .toDevice(device, id, json): return "v\n\(device)\n\(id)\n\(json)"
         }
     }
 }

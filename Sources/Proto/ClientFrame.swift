@@ -22,6 +22,26 @@ public enum ChatLimits {
     public static let historyMax = 100
     /// A directory search string, in bytes.
     public static let maxQueryBytes = 100
+    /// End-to-end encryption primitives (opaque to the server), as JSON bytes.
+    public static let maxDeviceBytes = 4 * 1024
+    public static let maxPayloadBytes = 16 * 1024
+    public static let maxBackupBytes = 48 * 1024
+    public static let maxDevicesPerUser = 10
+    public static let maxKeysUsers = 100
+    public static let maxToDeviceMessages = 100
+}
+
+/// One message of `to_device`: for `device` of `user`, `payload` the JSON of an opaque value.
+public struct ToDeviceMessage: Equatable, Sendable {
+    public var user: String
+    public var device: String
+    public var payload: String
+
+    public init(user: String, device: String, payload: String) {
+        self.user = user
+        self.device = device
+        self.payload = payload
+    }
 }
 
 /// Room ids: a public or private room's name, or a dm's `dm:<user1>:<user2>`.
@@ -112,6 +132,21 @@ public enum ClientFrame: Equatable, Sendable {
     case history(room: String, before: MessageID?, limit: Int, ref: String?)
     case read(room: String, id: MessageID, ref: String?)
     case typing(room: String, ref: String?)
+    /// `json` is the device object as sent (re-encoded), `id` its `id`.
+    case device(id: String, json: String, ref: String?)
+    case deviceRemove(id: String, ref: String?)
+    case keys(users: [String], ref: String?)
+    case toDevice(messages: [ToDeviceMessage], ref: String?)
+    case toDeviceAck(upto: MessageID, ref: String?)
+    case backupPut(json: String, ref: String?)
+    case backupGet(ref: String?)
+
+    /// A device id: 1–64 of `A-Z a-z 0-9 - _`.
+    public static func isValidDeviceID(_ id: String) -> Bool {
+        (1...64).contains(id.utf8.count) && id.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D
+        }
+    }
 
     /// v1's plain-text send.
     public static func send(text: String, ref: String?, room: String) -> ClientFrame {
@@ -124,7 +159,8 @@ public enum ClientFrame: Equatable, Sendable {
              let .createRoom(_, _, _, _, _, ref), let .join(_, ref), let .leave(_, ref), let .invite(_, _, ref),
              let .remove(_, _, ref), let .setRoom(_, _, _, ref), let .openDM(_, ref), let .rooms(ref),
              let .directory(_, ref), let .members(_, ref), let .history(_, _, _, ref), let .read(_, _, ref),
-             let .typing(_, ref):
+             let .typing(_, ref), let .device(_, _, ref), let .deviceRemove(_, ref), let .keys(_, ref),
+             let .toDevice(_, ref), let .toDeviceAck(_, ref), let .backupPut(_, ref), let .backupGet(ref):
             return ref
         case .sync:
             return nil
@@ -262,6 +298,22 @@ extension ClientFrame {
             return .text(trimmed)
         }
 
+        /// A JSON value as compact text (an object, or a string for `string`), at most `max` bytes.
+        func opaque(_ key: String, max: Int, allowString: Bool = true) throws -> String {
+            guard let raw = object[key], !(raw is NSNull) else { throw fail(.badRequest, "missing field '\(key)'") }
+            if allowString, let text = raw as? String {
+                let json = JSONText.string(text)
+                if json.utf8.count > max { throw fail(.tooLong, "'\(key)' is larger than \(max / 1024) KiB") }
+                return json
+            }
+            guard let dict = raw as? [String: Any], JSONSerialization.isValidJSONObject(dict),
+                  let data = try? JSONSerialization.data(withJSONObject: dict, options: [.sortedKeys]) else {
+                throw fail(.badRequest, "'\(key)' must be an object")
+            }
+            if data.count > max { throw fail(.tooLong, "'\(key)' is larger than \(max / 1024) KiB") }
+            return String(decoding: data, as: UTF8.self)
+        }
+
         /// An optional title or topic: trimmed, at most `max` code points.
         func label(_ key: String, max: Int) throws -> String? {
             guard let raw = try optionalString(key) else { return nil }
@@ -324,6 +376,41 @@ extension ClientFrame {
                 return .history(room: try room(), before: try optionalID("before"), limit: limit, ref: ref)
             case "read": return .read(room: try room(), id: try id("id"), ref: ref)
             case "typing": return .typing(room: try room(), ref: ref)
+            case "device":
+                let json = try opaque("device", max: ChatLimits.maxDeviceBytes, allowString: false)
+                guard let dict = object["device"] as? [String: Any], let id = dict["id"] as? String, ClientFrame.isValidDeviceID(id) else {
+                    throw fail(.badRequest, "'device.id' must be 1 to 64 of A-Z a-z 0-9 - _")
+                }
+                return .device(id: id, json: json, ref: ref)
+            case "device_remove":
+                let id = try string("id")
+                guard ClientFrame.isValidDeviceID(id) else { throw fail(.badRequest, "'id' is not a device id") }
+                return .deviceRemove(id: id, ref: ref)
+            case "keys":
+                guard let users = object["users"] as? [Any], users.count <= ChatLimits.maxKeysUsers else {
+                    throw fail(.badRequest, "'users' must be an array of at most \(ChatLimits.maxKeysUsers) names")
+                }
+                let names = try users.map { u -> String in
+                    guard let name = u as? String, RoomID.isValidUser(name) else { throw fail(.badRequest, "'users' holds something not a user name") }
+                    return name
+                }
+                return .keys(users: names, ref: ref)
+            case "to_device":
+                guard let list = object["messages"] as? [Any], (1...ChatLimits.maxToDeviceMessages).contains(list.count) else {
+                    throw fail(.badRequest, "'messages' must be an array of 1 to \(ChatLimits.maxToDeviceMessages)")
+                }
+                let messages = try list.map { item -> ToDeviceMessage in
+                    guard let m = item as? [String: Any] else { throw fail(.badRequest, "each message must be an object") }
+                    let f = Fields(object: m, ref: ref)
+                    let user = try f.user()
+                    let device = try f.string("device")
+                    guard ClientFrame.isValidDeviceID(device) else { throw fail(.badRequest, "'device' is not a device id") }
+                    return ToDeviceMessage(user: user, device: device, payload: try f.opaque("payload", max: ChatLimits.maxPayloadBytes))
+                }
+                return .toDevice(messages: messages, ref: ref)
+            case "to_device_ack": return .toDeviceAck(upto: try id("upto"), ref: ref)
+            case "backup_put": return .backupPut(json: try opaque("backup", max: ChatLimits.maxBackupBytes), ref: ref)
+            case "backup_get": return .backupGet(ref: ref)
             default:
                 throw fail(.unknownType, "unknown type")
             }

@@ -397,6 +397,13 @@ final class Hub: Sendable {
         for u in came.sorted() { sendPresence(user: u, online: true) }
     }
 
+    /// A user's devices changed: `devices {user}` to every stream (all share the lobby with them).
+    func devicesChanged(user: String) {
+        guard RoomID.isValidUser(user) else { return }
+        let payload = ByteBuffer(string: ServerFrame.object(type: "devices", ref: nil, fields: "\"user\":" + JSONText.string(user)).json)
+        broadcast { $0.deliverEvent(payload) }
+    }
+
     private func sendPresence(user: String, online: Bool) {
         let payload = ByteBuffer(string: ServerFrame.presence(user: user, online: online).json)
         broadcast { $0.deliverEvent(payload) }

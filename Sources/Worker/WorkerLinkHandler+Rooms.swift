@@ -17,7 +17,7 @@ extension WorkerLinkHandler {
         case .send, .edit, .delete, .react: charge = .message
         case .createRoom, .join, .leave, .invite, .remove, .setRoom, .openDM, .rooms, .directory, .members, .history, .read, .typing:
             charge = .request
-        case .sync: charge = .none
+        case .sync, .device, .deviceRemove, .keys, .toDevice, .toDeviceAck, .backupPut, .backupGet: charge = .none
         }
         let check: EventLoopFuture<GCRA.Decision?>
         switch charge {
@@ -156,7 +156,7 @@ extension WorkerLinkHandler {
             }
         case let .openDM(_, ref):
             return loop.makeSucceededFuture(.error(code: "bad_request", message: "a direct message needs another user", ref: ref, retryAfterMs: nil))
-        case .createRoom, .join, .leave:
+        case .createRoom, .join, .leave, .device, .deviceRemove, .keys, .toDevice, .toDeviceAck, .backupPut, .backupGet:
             return loop.makeSucceededFuture(nil)
         case let .rooms(ref):
             return rooms.rooms(user: user, on: loop).map { .object(type: "rooms", ref: ref, fields: "\"rooms\":" + $0.json) }

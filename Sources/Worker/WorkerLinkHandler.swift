@@ -8,6 +8,7 @@ struct WorkerContext: Sendable {
     let workerID: String
     let hub: Hub
     let rooms: RoomStore
+    let devices: DeviceStore
     let historyCount: Int
     let limiter: RateLimiterClient
     let coordinator: CoordinatorLink
@@ -37,6 +38,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         var watching = false
         /// Bumped by every membership change heard for the stream: a room list read before one is stale.
         var membershipVersion = 0
+        /// The device this connection is bound to (by `device`) and its `to_device` delivery.
+        var mailbox = DeviceMailbox<ByteBuffer>()
     }
 
     private enum Handshake {
@@ -450,14 +453,110 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 h.replay(since: since, room: room, stream: id, fromClient: true)
             }
         case let .success(frame):
-            roomFrame(frame, stream: id, info: info)
+            switch frame {
+            case .device, .deviceRemove, .keys, .toDevice, .toDeviceAck, .backupPut, .backupGet:
+                e2eeFrame(frame, stream: id, info: info)
+            default:
+                roomFrame(frame, stream: id, info: info)
+            }
+        }
+    }
+
+    // MARK: end-to-end encryption primitives (opaque payloads)
+
+    private func e2eeFrame(_ frame: ClientFrame, stream id: UInt32, info: ConnectionInfo) {
+        guard let (bound, loop) = loopBound, let stream = streams[id] else { return }
+        let ctx = self.ctx, user = info.user, ref = frame.ref, bind = stream.mailbox.device
+        @Sendable func refusedFrame(_ code: String, _ message: String) -> ServerFrame { .error(code: code, message: message, ref: ref, retryAfterMs: nil) }
+        let work: EventLoopFuture<ServerFrame> = ctx.limiter.check(.request, key: user, on: loop).flatMap { decision in
+            guard decision.allowed else {
+                Telemetry.rateLimited("request").increment()
+                return loop.makeSucceededFuture(.error(code: "rate_limited", message: "too many requests", ref: ref,
+                                                       retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up)))))
+            }
+            switch frame {
+            case let .device(deviceID, json, _):
+                return ctx.devices.run(DeviceStore.putScript, [user, deviceID, json, String(ChatLimits.maxDevicesPerUser)], on: loop).map { outcome in
+                    switch outcome {
+                    case let .refused(code, message): return refusedFrame(code, message)
+                    case .ok:
+                        bound.value.bindDevice(id, device: deviceID)
+                        return .ok(ref: ref)
+                    }
+                }
+            case let .deviceRemove(deviceID, _):
+                return ctx.devices.run(DeviceStore.removeScript, [user, deviceID], on: loop).map { outcome in
+                    switch outcome {
+                    case let .refused(code, message): return refusedFrame(code, message)
+                    case .ok:
+                        let h = bound.value
+                        for sid in h.userIndex[user] ?? [] { h.streams[sid]?.mailbox.unbind(deviceID) }
+                        return .ok(ref: ref)
+                    }
+                }
+            case let .keys(users, _):
+                return ctx.devices.run(DeviceStore.keysScript, [user] + users, on: loop).map { outcome in
+                    switch outcome {
+                    case let .refused(code, message): return refusedFrame(code, message)
+                    case let .ok(items): return .object(type: "keys", ref: ref, fields: "\"devices\":" + DeviceStore.keysJSON(items))
+                    }
+                }
+            case let .toDevice(messages, _):
+                guard let from = bind else { return loop.makeSucceededFuture(refusedFrame("bad_request", "send device first: to_device goes from a device")) }
+                var args = [user, from, String(DeviceStore.inboxMax), String(DeviceStore.inboxTTLms)]
+                for m in messages { args += [m.user, m.device, m.payload] }
+                return ctx.devices.run(DeviceStore.sendScript, args, on: loop).map { _ in .ok(ref: ref) }
+            case let .toDeviceAck(upto, _):
+                guard let device = bind else { return loop.makeSucceededFuture(refusedFrame("bad_request", "send device first")) }
+                return ctx.devices.ack(user: user, device: device, upto: upto, on: loop).map { .ok(ref: ref) }
+            case let .backupPut(json, _):
+                return ctx.devices.putBackup(user: user, json: json, on: loop).map { .ok(ref: ref) }
+            case .backupGet:
+                return ctx.devices.backup(user: user, on: loop).map { .object(type: "backup", ref: ref, fields: "\"backup\":" + ($0 ?? "null")) }
+            default:
+                return loop.makeSucceededFuture(refusedFrame("unknown_type", "unknown type"))
+            }
+        }
+        work.flatMapErrorThrowing { error in
+            ctx.logger.warning("request failed", metadata: ["error": "\(error)", "user": "\(user)"])
+            return .error(code: "unavailable", message: "temporarily unavailable; retry", ref: ref, retryAfterMs: 1000)
+        }.whenSuccess { reply in
+            let h = bound.value
+            h.reply(id, reply)
+            h.done(id)
+        }
+    }
+
+    /// Binds the stream to `device` and delivers its pending messages, page by page as the
+    /// client reads them, then what was published meanwhile.
+    private func bindDevice(_ id: UInt32, device: String) {
+        guard let (bound, loop) = loopBound, let user = streams[id]?.info.user, let generation = streams[id]?.mailbox.bind(device) else { return }
+        let devices = ctx.devices
+        @Sendable func page(after cursor: MessageID, first: Bool) -> EventLoopFuture<Void> {
+            let go = first ? loop.makeSucceededVoidFuture() : bound.value.outputReady(id, on: loop)
+            return go.flatMap { devices.pending(user: user, device: device, after: cursor, count: 100, on: loop) }.flatMap { messages in
+                let h = bound.value
+                guard h.streams[id] != nil else { return loop.makeSucceededVoidFuture() }
+                for payload in h.streams[id]!.mailbox.pending(messages.map { (id: $0.id, payload: ByteBuffer(string: $0.json)) }, generation: generation) {
+                    h.write(.send(stream: id, payload: payload))
+                }
+                h.flushIfNeeded()
+                guard messages.count == 100, let last = messages.last else { return loop.makeSucceededVoidFuture() }
+                return page(after: last.id, first: false)
+            }
+        }
+        page(after: .zero, first: true).whenComplete { _ in
+            let h = bound.value
+            guard h.streams[id] != nil else { return }
+            for payload in h.streams[id]!.mailbox.fetched(generation: generation) { h.write(.send(stream: id, payload: payload)) }
+            h.flushIfNeeded()
         }
     }
 
     /// Asks the gateway to say when this stream's client has room again, and completes then;
     /// fails if the stream goes away meanwhile. Frames are ordered on the link, so the answer
     /// comes after the gateway has queued the page sent before.
-    private func outputReady(_ id: UInt32, on loop: EventLoop) -> EventLoopFuture<Void> {
+    func outputReady(_ id: UInt32, on loop: EventLoop) -> EventLoopFuture<Void> {
         guard streams[id] != nil else { return loop.makeFailedFuture(StreamGone()) }
         let p = loop.makePromise(of: Void.self)
         streams[id]!.outputWaiters.append(p)
@@ -576,6 +675,14 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         case let .frame(x, j):
             json = j
             except = x
+        case let .toDevice(device, inboxID, j):
+            let payload = ByteBuffer(string: j)
+            for id in ids where streams[id] != nil {
+                if streams[id]!.mailbox.live(device: device, id: inboxID, payload: payload) == .send { targets.append(id) }
+            }
+            if !targets.isEmpty { write(.deliver(payload: payload, streams: targets)) }
+            flushIfNeeded()
+            return
         }
         let payload = ByteBuffer(string: json)
         for id in ids {
@@ -631,7 +738,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
 
     // MARK: writing
 
-    private func write(_ frame: LinkFrame) {
+    func write(_ frame: LinkFrame) {
         guard let context else { return }
         context.write(wrapOutboundOut(frame), promise: nil)
         needsFlush = true

@@ -96,7 +96,7 @@ enum WorkerMain {
         )
         let ctx = WorkerContext(
             workerID: workerID, hub: hub,
-            rooms: rooms, historyCount: historyCount,
+            rooms: rooms, devices: DeviceStore(redis: redis), historyCount: historyCount,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             coordinator: coordinator, logger: logger, maxHeldFrames: maxQueued,
             sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
@@ -105,13 +105,16 @@ enum WorkerMain {
         let roomPrefix = RoomStore.roomChannelPrefix, userPrefix = RoomStore.userChannelPrefix
         let subscriber = RedisSubscriber(
             endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS,
-            channels: [SessionStore.logoutChannel, SessionStore.credentialsChannel], group: group, logger: logger,
+            channels: [SessionStore.logoutChannel, SessionStore.credentialsChannel, DeviceStore.devicesChannel], group: group, logger: logger,
             onMessage: { channel, payload in
                 if channel.hasPrefix(roomPrefix) {
                     let room = String(channel.dropFirst(roomPrefix.count))
                     if let event = RoomRelay(payload: payload, room: room) { hub.deliver(room: room, event) }
                 } else if channel.hasPrefix(userPrefix) {
                     if let event = UserRelay(payload: payload) { hub.deliverUser(String(channel.dropFirst(userPrefix.count)), event) }
+                } else if channel == DeviceStore.devicesChannel {
+                    // Everyone shares the lobby with everyone: every stream hears of it.
+                    hub.devicesChanged(user: payload)
                 } else if channel == SessionStore.logoutChannel {
                     hub.closeSessions(hash: payload, code: 4001)
                 } else if channel == SessionStore.credentialsChannel {

@@ -107,3 +107,38 @@ import Testing
         #expect(MessageID(text) == nil)
     }
 }
+
+@Suite struct E2EEFrameTests {
+    func decode(_ s: String) -> Result<ClientFrame, ClientFrameError> { ClientFrame.decode(Array(s.utf8)) }
+    func code(_ s: String) -> ClientFrameError.Code? {
+        if case let .failure(e) = decode(s) { return e.code }
+        return nil
+    }
+
+    @Test func devicesAreBoundedObjectsWithAnID() {
+        guard case let .success(.device(id, json, ref)) = decode(#"{"type":"device","device":{"id":"d-1","k":"x"},"ref":"r"}"#) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(id == "d-1" && ref == "r" && json == #"{"id":"d-1","k":"x"}"#)
+        #expect(code(#"{"type":"device","device":{"k":"x"}}"#) == .badRequest)
+        #expect(code(#"{"type":"device","device":{"id":"a b"}}"#) == .badRequest)
+        let big = String(repeating: "x", count: 4100)
+        #expect(code(#"{"type":"device","device":{"id":"d","k":"\#(big)"}}"#) == .tooLong)
+    }
+
+    @Test func toDeviceAndKeysAndBackupLimits() {
+        #expect(code(#"{"type":"to_device","messages":[]}"#) == .badRequest)
+        #expect(code(#"{"type":"to_device","messages":[{"user":"bob","device":"d","payload":{"c":"\#(String(repeating: "y", count: 16400))"}}]}"#) == .tooLong)
+        guard case let .success(.toDevice(messages, _)) = decode(#"{"type":"to_device","messages":[{"user":"bob","device":"d","payload":"opaque"}]}"#) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(messages == [ToDeviceMessage(user: "bob", device: "d", payload: "\"opaque\"")])
+        let many = (0...100).map { "\"u\($0)\"" }.joined(separator: ",")
+        #expect(code(#"{"type":"keys","users":[\#(many)]}"#) == .badRequest)
+        #expect(code(#"{"type":"backup_put","backup":"\#(String(repeating: "z", count: 49200))"}"#) == .tooLong)
+        #expect(decode(#"{"type":"backup_get","ref":"b"}"#) == .success(.backupGet(ref: "b")))
+        #expect(decode(#"{"type":"to_device_ack","upto":"5-2"}"#) == .success(.toDeviceAck(upto: MessageID(ms: 5, seq: 2), ref: nil)))
+    }
+}
