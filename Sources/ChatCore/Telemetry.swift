@@ -62,6 +62,7 @@ public enum Telemetry {
 
     // MARK: worker
     public static let messagesStored = Metrics.Counter(label: "securechat_messages_total")
+    public static let filesStored = Metrics.Counter(label: "securechat_files_stored_total")
     public static let workerStreams = Metrics.Meter(label: "securechat_worker_streams_open")
     /// Rooms whose channel the worker is subscribed to (a local member is connected).
     public static let workerRooms = Metrics.Meter(label: "securechat_worker_rooms_relayed")

@@ -19,6 +19,7 @@ struct GatewayContext: Sendable {
     let threadPool: NIOThreadPool
     let logger: Logger
     let maxBodyBytes: Int
+    let fileLimits: FileLimits
     let requestTimeout: TimeAmount
     let directory: WorkerDirectory
     let connections: ConnectionRegistry

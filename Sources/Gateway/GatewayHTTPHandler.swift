@@ -21,6 +21,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var head: HTTPRequestHead?
     private var body: ByteBuffer?
     private var tooLarge = false
+    private var bodyLimit = 16 * 1024
     private var handingOff = false
     /// The request being answered is a HEAD: its answer has the headers of a GET and no body.
     private var answeringHead = false
@@ -43,9 +44,18 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = h
             body = nil
             tooLarge = false
+            // A file upload may be up to --max-file-bytes; every other body 16 KiB.
+            bodyLimit = h.method == .POST && h.uri.hasPrefix("/api/files") ? ctx.fileLimits.maxBytes : ctx.maxBodyBytes
+            if let length = h.headers["content-length"].first.flatMap({ Int($0) }), length > bodyLimit {
+                // Said up front: answered at once, without reading what is too large anyway.
+                tooLarge = true
+                self.head = nil
+                deadline.requestComplete()
+                respondJSON(context, .payloadTooLarge, ["ok": false, "error": "too_large"], close: true)
+            }
         case var .body(chunk):
             guard !tooLarge else { return }
-            if (body?.readableBytes ?? 0) + chunk.readableBytes > ctx.maxBodyBytes {
+            if (body?.readableBytes ?? 0) + chunk.readableBytes > bodyLimit {
                 tooLarge = true
                 body = nil
                 return
@@ -116,9 +126,13 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case (.GET, "/healthz"):
             health(context)
+        case (.POST, "/api/files"):
+            uploadFile(context, head, body)
+        case (.GET, _) where path.hasPrefix("/api/files/"):
+            downloadFile(context, head, id: path.dropFirst("/api/files/".count))
         case (.GET, "/ws"):
             webSocket(context, head)
-        case (_, "/"), (_, "/chat"), (_, "/api/login"), (_, "/api/logout"), (_, "/api/me"), (_, "/healthz"), (_, "/ws"):
+        case (_, "/"), (_, "/chat"), (_, "/api/login"), (_, "/api/logout"), (_, "/api/me"), (_, "/healthz"), (_, "/ws"), (_, "/api/files"):
             respondJSON(context, .methodNotAllowed, ["ok": false, "error": "method_not_allowed"])
         default:
             respondJSON(context, .notFound, ["ok": false, "error": "not_found"])
@@ -146,7 +160,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func originAllowed(_ head: HTTPRequestHead) -> Bool {
+    func originAllowed(_ head: HTTPRequestHead) -> Bool {
         guard let origin = head.headers.first(name: "origin") else { return true }
         return ctx.isAllowedOrigin(origin, host: head.headers.first(name: "host"))
     }

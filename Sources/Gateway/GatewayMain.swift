@@ -26,6 +26,8 @@ enum GatewayMain {
       --flush-coalesce-ms D      flush a loop's clients at most once per D ms under load (default 10; 0 off)
       --ping-seconds S           WebSocket keepalive interval (default 30)
       --request-timeout-seconds S   time for one whole request, TLS handshake included (default 10)
+      --max-file-bytes N         largest upload to POST /api/files (default 10485760)
+      --files-quota-bytes N      bytes all stored files may take in Redis, as base64 (default 1073741824)
       --event-loops N            event-loop threads (default: one per core)
       --max-logins-in-flight N   password checks at once; beyond, 503 with Retry-After (default 4 per core)
       --id NAME                  the gateway's name on its links (default gateway-<pid>)
@@ -49,10 +51,17 @@ enum GatewayMain {
         let tls: NIOSSLContext
         let users: UsersStore
         let files: StaticFiles
+        var fileLimits = FileLimits()
         do {
             try options.refuseUnknown(["allow-demo-users", "cert", "key", "host", "port", "id", "users-file", "web-dir", "public-origin",
                                        "flush-coalesce-ms", "max-logins-in-flight", "max-queued-bytes", "max-queued-frames",
-                                       "ping-seconds", "proxy-protocol", "request-timeout-seconds", "worker-header", "event-loops"])
+                                       "ping-seconds", "proxy-protocol", "request-timeout-seconds", "worker-header", "event-loops",
+                                       "max-file-bytes", "files-quota-bytes"])
+            fileLimits.maxBytes = try options.int("max-file-bytes", default: 10 << 20)
+            fileLimits.quotaBytes = try options.int("files-quota-bytes", default: 1 << 30)
+            guard fileLimits.maxBytes > 0, fileLimits.maxBytes <= 64 << 20, fileLimits.quotaBytes > 0 else {
+                throw Options.Invalid("--max-file-bytes must be 1 to 64 MiB and --files-quota-bytes positive")
+            }
             port = try options.int("port", default: 5001)
             requestTimeout = try options.double("request-timeout-seconds", default: 10)
             pingSeconds = try options.double("ping-seconds", default: 30)
@@ -102,7 +111,7 @@ enum GatewayMain {
             sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
             redis: redis, coordinator: coordinator,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
-            users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024,
+            users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024, fileLimits: fileLimits,
             requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory,
             connections: ConnectionRegistry(),
             links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger,

@@ -14,7 +14,7 @@ struct RunCommand {
     static let coordinatorFlags = ["lease-seconds", "max-sockets-per-user"]
     static let workerFlags = ["history", "history-max", "max-queued-frames", "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members"]
     static let gatewayFlags = ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms",
-                               "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol"]
+                               "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol", "max-file-bytes", "files-quota-bytes"]
     /// Its own flags and those it passes on to its children.
     static let flags = Set(["workers", "gateways", "port", "host", "users-file", "cert", "key", "web-dir", "public-origin",
                             "redis-server", "worker-event-loops"] + coordinatorFlags + workerFlags + gatewayFlags)
