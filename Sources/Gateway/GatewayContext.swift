@@ -20,6 +20,7 @@ struct GatewayContext: Sendable {
     let logger: Logger
     let maxBodyBytes: Int
     let fileLimits: FileLimits
+    let uploads: UploadGate
     let requestTimeout: TimeAmount
     let directory: WorkerDirectory
     let connections: ConnectionRegistry

@@ -1,5 +1,6 @@
 import ChatCore
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import Proto
@@ -50,7 +51,40 @@ enum FileStore {
     static func isValidID(_ s: Substring) -> Bool { s.utf8.count == 32 && s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) } }
 }
 
+/// Bytes of upload bodies all of a gateway's connections are receiving at once: past the cap
+/// an upload is refused (503 busy) before its body is read, so strangers cannot make the
+/// gateway hold `--max-file-bytes` per connection.
+final class UploadGate: Sendable {
+    private let inFlight = NIOLockedValueBox(0)
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func reserve(_ bytes: Int) -> Bool {
+        inFlight.withLockedValue { n in
+            guard n + bytes <= limit else { return false }
+            n += bytes
+            return true
+        }
+    }
+
+    func release(_ bytes: Int) { inFlight.withLockedValue { $0 = max(0, $0 - bytes) } }
+}
+
 extension GatewayHTTPHandler {
+    /// An upload refused on its head alone: no session cookie, another content type, no
+    /// length, too large, or the gateway receiving too many uploads at once.
+    func uploadRefusal(_ head: HTTPRequestHead, length: Int?) -> (HTTPResponseStatus, String)? {
+        guard Self.sessionID(head) != nil else { return (.unauthorized, "unauthenticated") }
+        let contentType = head.headers["content-type"].first?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        guard contentType == "application/octet-stream" else { return (.unsupportedMediaType, "unsupported_media_type") }
+        guard let length else { return (.lengthRequired, "length_required") }
+        guard length <= ctx.fileLimits.maxBytes else { return (.payloadTooLarge, "too_large") }
+        guard ctx.uploads.reserve(length) else { return (.serviceUnavailable, "busy") }
+        uploadReserved = length
+        return nil
+    }
+
     static func query(_ uri: String, _ name: String) -> String? {
         guard let q = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
         for pair in q.split(separator: "&") {
@@ -62,21 +96,19 @@ extension GatewayHTTPHandler {
 
     func uploadFile(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ body: ByteBuffer) {
         guard originAllowed(head) else {
+            uploadReserved = 0
             respondJSON(context, .forbidden, ["ok": false, "error": "forbidden_origin"])
             return
         }
-        let contentType = head.headers["content-type"].first?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        guard contentType == "application/octet-stream" else {
-            respondJSON(context, .unsupportedMediaType, ["ok": false, "error": "unsupported_media_type"])
-            return
-        }
         guard let rawRoom = Self.query(head.uri, "room"), let room = RoomID.reference(rawRoom) else {
+            uploadReserved = 0
             respondJSON(context, .badRequest, ["ok": false, "error": "bad_request"])
             return
         }
         let ctx = self.ctx, loop = context.eventLoop, size = body.readableBytes
         withSession(context, head) { h, context, user in
             guard let user else {
+                h.uploadReserved = 0
                 h.respondJSON(context, .unauthorized, ["ok": false, "error": "unauthenticated"])
                 return
             }
@@ -95,15 +127,23 @@ extension GatewayHTTPHandler {
                 let (h, context) = bound.value
                 switch result {
                 case .success(("ok", let id?)):
+                    h.uploadReserved = 0
                     Telemetry.filesStored.increment()
                     h.respondJSON(context, .created, ["ok": true, "id": id, "size": size])
                 case .success(("rate_limited", _)):
+                    h.uploadReserved = 0
                     var headers = HTTPHeaders()
                     headers.add(name: "Retry-After", value: "1")
                     h.respondJSON(context, .tooManyRequests, ["ok": false, "error": "rate_limited", "retry_after": 1], extra: headers)
-                case .success(("not_found", _)): h.respondJSON(context, .notFound, ["ok": false, "error": "not_found"])
-                case .success(("quota", _)): h.respondJSON(context, .insufficientStorage, ["ok": false, "error": "quota"])
-                default: h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
+                case .success(("not_found", _)):
+                    h.uploadReserved = 0
+                    h.respondJSON(context, .notFound, ["ok": false, "error": "not_found"])
+                case .success(("quota", _)):
+                    h.uploadReserved = 0
+                    h.respondJSON(context, .insufficientStorage, ["ok": false, "error": "quota"])
+                default:
+                    h.uploadReserved = 0
+                    h.respondJSON(context, .serviceUnavailable, ["ok": false, "error": "unavailable"])
                 }
             }
         }

@@ -22,6 +22,10 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var body: ByteBuffer?
     private var tooLarge = false
     private var bodyLimit = 16 * 1024
+    /// Bytes of this connection's upload counted in the gateway's uploads in flight.
+    var uploadReserved = 0 {
+        didSet { if oldValue > 0 { ctx.uploads.release(oldValue) } }
+    }
     private var handingOff = false
     /// The request being answered is a HEAD: its answer has the headers of a GET and no body.
     private var answeringHead = false
@@ -44,14 +48,28 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = h
             body = nil
             tooLarge = false
+            answeringHead = false
+            uploadReserved = 0
             // A file upload may be up to --max-file-bytes; every other body 16 KiB.
-            bodyLimit = h.method == .POST && h.uri.hasPrefix("/api/files") ? ctx.fileLimits.maxBytes : ctx.maxBodyBytes
-            if let length = h.headers["content-length"].first.flatMap({ Int($0) }), length > bodyLimit {
-                // Said up front: answered at once, without reading what is too large anyway.
+            let isUpload = h.method == .POST && h.uri.split(separator: "?", maxSplits: 1).first == "/api/files"
+            bodyLimit = isUpload ? ctx.fileLimits.maxBytes : ctx.maxBodyBytes
+            let length = h.headers["content-length"].first.flatMap { Int($0) }
+            if isUpload, let refusal = uploadRefusal(h, length: length) {
+                // Said up front, before a byte of the body is kept: what is refused is not read.
+                tooLarge = true
+                self.head = nil
+                deadline.requestComplete()
+                respondJSON(context, refusal.0, ["ok": false, "error": refusal.1], close: true)
+                return
+            }
+            if let length, length > bodyLimit {
                 tooLarge = true
                 self.head = nil
                 deadline.requestComplete()
                 respondJSON(context, .payloadTooLarge, ["ok": false, "error": "too_large"], close: true)
+            } else if isUpload, let length {
+                // At least 64 KiB/s for an upload's body, whatever --request-timeout-seconds says.
+                deadline.allow(.milliseconds(Int64(10_000 + length / 64)))
             }
         case var .body(chunk):
             guard !tooLarge else { return }
@@ -69,8 +87,15 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 respondJSON(context, .payloadTooLarge, ["ok": false, "error": "too_large"], close: true)
                 return
             }
-            route(context, head, body ?? ByteBuffer())
+            let request = body ?? ByteBuffer()
+            body = nil   // not kept past the request (an idle keep-alive connection holds nothing)
+            route(context, head, request)
         }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        uploadReserved = 0
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

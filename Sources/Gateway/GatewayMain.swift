@@ -112,6 +112,8 @@ enum GatewayMain {
             redis: redis, coordinator: coordinator,
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             users: users, files: files, allowedOrigins: origins, threadPool: pool, logger: logger, maxBodyBytes: 16 * 1024, fileLimits: fileLimits,
+            // Upload bodies in flight at once: eight of the largest.
+            uploads: UploadGate(limit: 8 * fileLimits.maxBytes),
             requestTimeout: .milliseconds(Int64(requestTimeout * 1000)), directory: directory,
             connections: ConnectionRegistry(),
             links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger,

@@ -31,6 +31,14 @@ final class RequestDeadlineHandler: ChannelInboundHandler, RemovableChannelHandl
         context.fireChannelRead(data)
     }
 
+    /// This request may take `time` from now in all (an upload, sized by its Content-Length).
+    func allow(_ time: TimeAmount) {
+        guard let context, time > limit else { return }
+        timer?.cancel()
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: time) { channel.close(promise: nil) }
+    }
+
     /// The request is complete: the next deadline starts with its first byte.
     func requestComplete() {
         timer?.cancel()

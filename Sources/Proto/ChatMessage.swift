@@ -98,6 +98,8 @@ public enum UserRelay: Sendable, Equatable {
     case frame(except: String, json: String)
     /// A `to_device` message for the connections bound to `device`; `id` its inbox id.
     case toDevice(device: String, id: MessageID, json: String)
+    /// The user removed `device`: every connection bound to it is unbound.
+    case deviceRemoved(device: String)
 
     public init?(payload: String) {
         func split(_ n: Int) -> [String] {
@@ -117,6 +119,10 @@ public enum UserRelay: Sendable, Equatable {
             let p = split(2)
             guard p.count == 3, p[0] == "f", !p[2].isEmpty else { return nil }
             self = .frame(except: p[1], json: p[2])
+        case UInt8(ascii: "x"):
+            let p = split(1)
+            guard p.count == 2, p[0] == "x", !p[1].isEmpty else { return nil }
+            self = .deviceRemoved(device: p[1])
         case UInt8(ascii: "v"):
             let p = split(3)
             guard p.count == 4, p[0] == "v", !p[1].isEmpty, let id = MessageID(p[2]), !p[3].isEmpty else { return nil }
@@ -132,6 +138,7 @@ public enum UserRelay: Sendable, Equatable {
         case let .removed(room, except, json): return "r\n\(room)\n\(except)\n\(json)"
         case let .frame(except, json): return "f\n\(except)\n\(json)"
         case let .toDevice(device, id, json): return "v\n\(device)\n\(id)\n\(json)"
+        case let .deviceRemoved(device): return "x\n\(device)"
         }
     }
 }

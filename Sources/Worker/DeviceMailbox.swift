@@ -14,22 +14,38 @@ struct DeviceMailbox<Payload> {
     private var fetching = false
     private var lastDelivered = MessageID.zero
     private var held: [(id: MessageID, payload: Payload)] = []
+    /// A live message was dropped while reading (too many held): the read goes on from the
+    /// last one delivered instead of releasing what is held, so nothing is skipped (and then
+    /// acknowledged unread).
+    private var overflowed = false
     let maxHeld: Int
+
+    /// How a read of pending messages ends.
+    enum FetchEnd {
+        /// Send these (what waited, newer than what the read sent); delivery is live now.
+        case done([Payload])
+        /// Read the inbox again after this id: some live messages were not kept.
+        case reread(after: MessageID)
+    }
 
     init(maxHeld: Int = 1000) {
         self.maxHeld = maxHeld
     }
 
     /// The connection is (re)bound to `device`; returns the generation of the read of its
-    /// pending messages to start now.
-    mutating func bind(_ device: String) -> Int {
+    /// pending messages to start now, and the id to read after (what this connection has had).
+    mutating func bind(_ device: String) -> (generation: Int, after: MessageID) {
         if self.device != device { lastDelivered = .zero }
         self.device = device
         generation += 1
         fetching = true
+        overflowed = false
         held = []
-        return generation
+        return (generation, lastDelivered)
     }
+
+    /// Where a read that failed part way goes on from.
+    var resumeAfter: MessageID { lastDelivered }
 
     mutating func unbind(_ device: String) {
         guard self.device == device else { return }
@@ -43,7 +59,10 @@ struct DeviceMailbox<Payload> {
     mutating func live(device: String, id: MessageID, payload: Payload) -> Decision {
         guard self.device == device, id > lastDelivered else { return .skip }
         if fetching {
-            guard held.count < maxHeld else { return .skip }  // still in the inbox: the next bind reads it
+            guard held.count < maxHeld else {
+                overflowed = true      // still in the inbox: read again before going live
+                return .skip
+            }
             held.append((id, payload))
             return .held
         }
@@ -63,9 +82,14 @@ struct DeviceMailbox<Payload> {
         return out
     }
 
-    /// The read of `generation` is over: what waited, newer than what it sent.
-    mutating func fetched(generation: Int) -> [Payload] {
-        guard generation == self.generation, fetching else { return [] }
+    /// The read of `generation` reached the end of the inbox.
+    mutating func fetched(generation: Int) -> FetchEnd {
+        guard generation == self.generation, fetching else { return .done([]) }
+        if overflowed {
+            overflowed = false
+            held = []
+            return .reread(after: lastDelivered)
+        }
         fetching = false
         let waiting = held
         held = []
@@ -74,6 +98,8 @@ struct DeviceMailbox<Payload> {
             lastDelivered = m.id
             out.append(m.payload)
         }
-        return out
+        return .done(out)
     }
 }
+
+extension DeviceMailbox.FetchEnd: Equatable where Payload: Equatable {}

@@ -25,6 +25,8 @@ struct DeviceStore: Sendable {
     if redis.call('HEXISTS', k, ARGV[2]) == 0 and redis.call('HLEN', k) >= tonumber(ARGV[4]) then
       return {'err', 'limit', 'at most ' .. ARGV[4] .. ' devices per user'}
     end
+    -- Announced only when it changed: every connection sends its device again at each reconnect.
+    if redis.call('HGET', k, ARGV[2]) == ARGV[3] then return {'ok'} end
     redis.call('HSET', k, ARGV[2], ARGV[3])
     redis.call('PUBLISH', 'sc:devices', ARGV[1])
     return {'ok'}
@@ -35,6 +37,7 @@ struct DeviceStore: Sendable {
     local k = 'sc:user:' .. ARGV[1] .. ':devices'
     if redis.call('HDEL', k, ARGV[2]) == 0 then return {'err', 'not_found', 'no such device'} end
     redis.call('DEL', 'sc:user:' .. ARGV[1] .. ':dev:' .. ARGV[2] .. ':inbox')
+    redis.call('PUBLISH', 'sc:user:' .. ARGV[1], 'x' .. string.char(10) .. ARGV[2])
     redis.call('PUBLISH', 'sc:devices', ARGV[1])
     return {'ok'}
     """)
@@ -43,6 +46,8 @@ struct DeviceStore: Sendable {
     /// A message for a device that does not exist is dropped (the sender's key list was stale).
     static let sendScript = RedisScript("""
     local from, fd = ARGV[1], ARGV[2]
+    -- From a device that still exists (a removed one bound elsewhere sends nothing more).
+    if redis.call('HEXISTS', 'sc:user:' .. from .. ':devices', fd) == 0 then return {'err', 'not_found', 'no such device: send device again'} end
     local stored = 0
     for i = 5, #ARGV, 3 do
       local u, d, p = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -115,7 +120,7 @@ struct DeviceStore: Sendable {
 
     /// Deletes the device's messages up to `upto`.
     func ack(user: String, device: String, upto: MessageID, on loop: EventLoop) -> EventLoopFuture<Void> {
-        let next = MessageID(ms: upto.ms, seq: upto.seq &+ 1)
+        let next = upto.seq == .max ? MessageID(ms: upto.ms + 1, seq: 0) : MessageID(ms: upto.ms, seq: upto.seq + 1)
         return redis.sendChecked(["XTRIM", Self.inboxKey(user: user, device: device), "MINID", next.description], on: loop).map { _ in }
     }
 

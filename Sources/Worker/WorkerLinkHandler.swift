@@ -489,13 +489,14 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                     switch outcome {
                     case let .refused(code, message): return refusedFrame(code, message)
                     case .ok:
-                        let h = bound.value
-                        for sid in h.userIndex[user] ?? [] { h.streams[sid]?.mailbox.unbind(deviceID) }
+                        // Unbound everywhere by the user channel's event (the script published it).
                         return .ok(ref: ref)
                     }
                 }
             case let .keys(users, _):
-                return ctx.devices.run(DeviceStore.keysScript, [user] + users, on: loop).map { outcome in
+                var seen = Set<String>()
+                let unique = users.filter { seen.insert($0).inserted }
+                return ctx.devices.run(DeviceStore.keysScript, [user] + unique, on: loop).map { outcome in
                     switch outcome {
                     case let .refused(code, message): return refusedFrame(code, message)
                     case let .ok(items): return .object(type: "keys", ref: ref, fields: "\"devices\":" + DeviceStore.keysJSON(items))
@@ -505,7 +506,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 guard let from = bind else { return loop.makeSucceededFuture(refusedFrame("bad_request", "send device first: to_device goes from a device")) }
                 var args = [user, from, String(DeviceStore.inboxMax), String(DeviceStore.inboxTTLms)]
                 for m in messages { args += [m.user, m.device, m.payload] }
-                return ctx.devices.run(DeviceStore.sendScript, args, on: loop).map { _ in .ok(ref: ref) }
+                return ctx.devices.run(DeviceStore.sendScript, args, on: loop).map { outcome in
+                    if case let .refused(code, message) = outcome { return refusedFrame(code, message) }
+                    return .ok(ref: ref)
+                }
             case let .toDeviceAck(upto, _):
                 guard let device = bind else { return loop.makeSucceededFuture(refusedFrame("bad_request", "send device first")) }
                 return ctx.devices.ack(user: user, device: device, upto: upto, on: loop).map { .ok(ref: ref) }
@@ -530,8 +534,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     /// Binds the stream to `device` and delivers its pending messages, page by page as the
     /// client reads them, then what was published meanwhile.
     private func bindDevice(_ id: UInt32, device: String) {
-        guard let (bound, loop) = loopBound, let user = streams[id]?.info.user, let generation = streams[id]?.mailbox.bind(device) else { return }
-        let devices = ctx.devices
+        guard let (bound, loop) = loopBound, let user = streams[id]?.info.user, let start = streams[id]?.mailbox.bind(device) else { return }
+        let devices = ctx.devices, generation = start.generation
         @Sendable func page(after cursor: MessageID, first: Bool) -> EventLoopFuture<Void> {
             let go = first ? loop.makeSucceededVoidFuture() : bound.value.outputReady(id, on: loop)
             return go.flatMap { devices.pending(user: user, device: device, after: cursor, count: 100, on: loop) }.flatMap { messages in
@@ -545,12 +549,26 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 return page(after: last.id, first: false)
             }
         }
-        page(after: .zero, first: true).whenComplete { _ in
-            let h = bound.value
-            guard h.streams[id] != nil else { return }
-            for payload in h.streams[id]!.mailbox.fetched(generation: generation) { h.write(.send(stream: id, payload: payload)) }
-            h.flushIfNeeded()
+        @Sendable func read(after: MessageID) {
+            page(after: after, first: true).whenComplete { result in
+                let h = bound.value
+                guard h.streams[id] != nil, h.streams[id]!.mailbox.generation == generation else { return }
+                if case .failure = result {
+                    // Redis failed part way: go on from what was delivered, a moment later.
+                    let resume = h.streams[id]!.mailbox.resumeAfter
+                    loop.scheduleTask(in: .seconds(1)) { read(after: resume) }
+                    return
+                }
+                switch h.streams[id]!.mailbox.fetched(generation: generation) {
+                case let .done(payloads):
+                    for payload in payloads { h.write(.send(stream: id, payload: payload)) }
+                    h.flushIfNeeded()
+                case let .reread(after):
+                    read(after: after)
+                }
+            }
         }
+        read(after: start.after)
     }
 
     /// Asks the gateway to say when this stream's client has room again, and completes then;
@@ -675,6 +693,9 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         case let .frame(x, j):
             json = j
             except = x
+        case let .deviceRemoved(device):
+            for id in ids { streams[id]?.mailbox.unbind(device) }
+            return
         case let .toDevice(device, inboxID, j):
             let payload = ByteBuffer(string: j)
             for id in ids where streams[id] != nil {

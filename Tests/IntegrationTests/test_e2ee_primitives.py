@@ -121,3 +121,27 @@ def test_key_backup_is_one_per_user_and_bounded(make_deployment):
             await c.close()
 
     run(scenario())
+
+
+def test_a_removed_device_is_unbound_on_every_worker(make_deployment):
+    d = rooms_deployment(make_deployment)
+    alice, bob = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a1 = await Client.connect(d, alice)
+        a2 = await Client.connect(d, alice)
+        assert a1.worker != a2.worker
+        b = await Client.connect(d, bob)
+        for c in (a1, a2):
+            await call(c, {"type": "device", "device": {"id": "lost-phone", "k": "k"}}, "ok")
+        await call(b, {"type": "device", "device": {"id": "b1", "k": "k"}}, "ok")
+        # The device is removed from one connection: the other (on the other worker) is unbound too.
+        await call(a1, {"type": "device_remove", "id": "lost-phone"}, "ok")
+        # Unbound: it sends nothing more from that device.
+        assert await refused(a2, {"type": "to_device", "messages": [{"user": "bob", "device": "b1", "payload": "x"}]}) == "bad_request"
+        await call(b, {"type": "to_device", "messages": [{"user": "alice", "device": "lost-phone", "payload": "late"}]}, "ok")
+        await quiet(a2, lambda f: f["type"] == "to_device", 0.5)
+        for c in (a1, a2, b):
+            await c.close()
+
+    run(scenario())

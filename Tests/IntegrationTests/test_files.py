@@ -49,6 +49,12 @@ def test_files_are_served_only_to_members_of_their_room(make_deployment):
     assert upload(d, carol, "no-such-room", b"x").status_code == 404
     assert upload(d, alice, "lobby", b"x", content_type="text/plain").status_code == 415
     assert upload(d, alice, "bad room!", b"x").status_code == 400
+    # Refused on the head alone, before any of the body is kept: no cookie, no length.
+    assert requests.post(d.base + "/api/files?room=lobby", data=b"x" * 100000, verify=d.ca,
+                         headers={"Content-Type": "application/octet-stream"}).status_code == 401
+    chunked = alice.post(d.base + "/api/files?room=lobby", data=iter([b"a" * 1000, b"b" * 1000]), verify=d.ca,
+                         headers={"Content-Type": "application/octet-stream", "Origin": d.origin})
+    assert chunked.status_code == 411
 
 
 def test_file_size_limit_and_quota(make_deployment):
