@@ -171,12 +171,16 @@ def run(args):
                     session.cookies.set("__Host-sc_session", cookies[i])
                     return session
                 rooms_bench.make_rooms(d, login, rooms, size)
+                rooms_bench.make_rooms(d, login, rooms, size, prefix="be-", encrypted=True)
                 pids = server_pids(d)
-                for rate in ([1] if q else args.rooms_rates):
+                runs = [(rate, False) for rate in ([1] if q else args.rooms_rates)]
+                runs += [(rate, True) for rate in ([1] if q else args.rooms_e2ee_rates)]
+                for rate, e2ee in runs:
                     u0, s0 = cpu_seconds(pids)
-                    r = generator("rooms", d, ["--name", "rooms-%gmsg" % rate, "--sessions", s, "--rooms", rooms,
-                                               "--room-size", size, "--rate", rate, "--seconds", 2 if q else 20,
-                                               "--server-pids", ",".join(map(str, pids))])
+                    r = generator("rooms", d, ["--name", "rooms-%s%gmsg" % ("e2ee-" if e2ee else "", rate), "--sessions", s,
+                                               "--rooms", rooms, "--room-size", size, "--rate", rate, "--seconds", 2 if q else 20,
+                                               "--server-pids", ",".join(map(str, pids))]
+                                  + (["--e2ee", "--room-prefix", "be-"] if e2ee else []))
                     u1, s1 = cpu_seconds(pids)
                     r["server_cpu_s"] = round(u1 - u0 + s1 - s0, 3)
                     r["server_cpu_us_per_delivery"] = round(1e6 * r["server_cpu_s"] / max(1, r["delivered"]), 2)
@@ -235,5 +239,7 @@ if __name__ == "__main__":
                    help="overload: messages/s per sender (10 senders, 100 receivers: 180 offers 180,000 deliveries/s)")
     p.add_argument("--rooms-rates", type=float, nargs="*", default=[1, 5],
                    help="rooms: messages/s per room (one sender each); 5 gives 10,000 deliveries/s, as cpu-1msg does")
+    p.add_argument("--rooms-e2ee-rates", type=float, nargs="*", default=[5],
+                   help="rooms: the same in encrypted rooms (an opaque e2ee object per message)")
     p.add_argument("--server-args", default="", help="extra flags for every deployment, e.g. '--flush-coalesce-ms 2'")
     run(p.parse_args())

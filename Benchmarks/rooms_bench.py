@@ -28,12 +28,12 @@ async def call(c, frame):
     return await c.wait_for(lambda f: f.get("ref") == ref, timeout=30)
 
 
-def make_rooms(d, login, count, size, prefix="br-"):
+def make_rooms(d, login, count, size, prefix="br-", encrypted=False):
     """Room k is private, owned by user k*size, with users k*size .. k*size+size-1 as members."""
     async def go():
         for k in range(count):
             owner = await Client.connect(d, login(k * size))
-            r = await call(owner, {"type": "create_room", "name": "%s%d" % (prefix, k), "kind": "private"})
+            r = await call(owner, {"type": "create_room", "name": "%s%d" % (prefix, k), "kind": "private", "encrypted": encrypted})
             assert r["type"] == "room_added", r
             for i in range(k * size + 1, (k + 1) * size):
                 r = await call(owner, {"type": "invite", "room": "%s%d" % (prefix, k), "user": "bench%d" % i})

@@ -215,6 +215,8 @@ final class BenchSocket: ChannelInboundHandler {
     }
 
     private static let marker = Array("\"text\":\"b ".utf8)
+    /// The same stamp inside an `e2ee` object (an encrypted room's messages).
+    private static let e2eeMarker = Array("\"ct\":\"b ".utf8)
     private static let ackMarker = Array("{\"type\":\"ack\"".utf8)
 
     private func handleText(_ buffer: inout ByteBuffer) {
@@ -230,7 +232,7 @@ final class BenchSocket: ChannelInboundHandler {
             return
         }
         // Latency: the text starts with "b <send time in ns> ".
-        guard let start = view.firstRange(of: Self.marker) else {
+        guard let start = view.firstRange(of: Self.marker) ?? view.firstRange(of: Self.e2eeMarker) else {
             if view.starts(with: Array("{\"type\":\"error\"".utf8)) { local.errors += 1 }
             return
         }
@@ -245,11 +247,17 @@ final class BenchSocket: ChannelInboundHandler {
     }
 
     /// Sends one chat message stamped with the current time.
-    func sendMessage(padding: Int, room: String? = nil) {
+    func sendMessage(padding: Int, room: String? = nil, encrypted: Bool = false) {
         guard let context else { return }
         seq += 1
         let text = "b \(DispatchTime.now().uptimeNanoseconds) \(seq)" + String(repeating: "x", count: padding)
-        let json = room.map { "{\"type\":\"send\",\"room\":\"\($0)\",\"text\":\"\(text)\"}" } ?? "{\"type\":\"send\",\"text\":\"\(text)\"}"
+        let json: String
+        if encrypted, let room {
+            // An opaque object as a browser would send it: the stamp stands in for the ciphertext.
+            json = "{\"type\":\"send\",\"room\":\"\(room)\",\"e2ee\":{\"v\":1,\"ct\":\"\(text)\"}}"
+        } else {
+            json = room.map { "{\"type\":\"send\",\"room\":\"\($0)\",\"text\":\"\(text)\"}" } ?? "{\"type\":\"send\",\"text\":\"\(text)\"}"
+        }
         let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: json))
         context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
         local.sent += 1
@@ -284,12 +292,13 @@ struct Connector: Sendable {
     struct Connection: Sendable {
         let channel: Channel
         let socket: NIOLoopBound<BenchSocket>
-        /// The room this connection sends to (nil: the lobby).
+        /// The room this connection sends to (nil: the lobby), and whether it is end-to-end encrypted.
         var room: String? = nil
+        var encrypted = false
 
         func send(padding: Int) {
-            let s = socket, room = self.room
-            channel.eventLoop.execute { s.value.sendMessage(padding: padding, room: room) }
+            let s = socket, room = self.room, encrypted = self.encrypted
+            channel.eventLoop.execute { s.value.sendMessage(padding: padding, room: room, encrypted: encrypted) }
         }
 
         func ping() {

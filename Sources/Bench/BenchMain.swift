@@ -15,6 +15,7 @@ enum BenchMain {
     --server-pids P1,P2,... (report the CPU those processes spend in each sending window).
       load, fanout, overload   --clients N --senders N --rate R | --rates R1,R2,... --seconds S --padding BYTES
       rooms                    --rooms N --room-size K --rate R --seconds S --room-prefix P (session i is in room i/K)
+                               --e2ee (the rooms are encrypted: messages carry an opaque e2ee object)
       idle                     --connections N --heartbeat-seconds S
       storm                    --users FILE --levels C1,C2,... --per-level N --password PW
       coordinator              --coordinator ADDR --links N --checks-per-second R --seconds S
@@ -30,7 +31,7 @@ enum BenchMain {
         do {
             try options.refuseUnknown(["ca", "name", "password", "path", "sessions", "threads", "url", "user-prefix", "users",
                                        "checks-per-second", "clients", "connections", "drain-seconds", "heartbeat-seconds",
-                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders", "rooms", "room-size", "room-prefix", "server-pids"],
+                                       "levels", "links", "padding", "parallel", "per-level", "rate", "rates", "seconds", "senders", "rooms", "room-size", "room-prefix", "server-pids", "e2ee"],
                                       positionalLimit: 1)
         } catch {
             print("error: \(error)")

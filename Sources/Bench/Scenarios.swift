@@ -99,13 +99,16 @@ struct Scenarios {
         let rate = try options.double("rate", default: 2)
         let seconds = try options.double("seconds", default: 10)
         let prefix = options.string("room-prefix", default: "br-")
+        let encrypted = options.bool("e2ee", default: false)
         let conns = try await openIndexed(count * size, parallel: 128)
         let senders = conns.filter { $0.0 % size == 0 }.map { (i, c) -> Connector.Connection in
             var s = c
             s.room = prefix + String(i / size)
+            s.encrypted = encrypted
             return s
         }
-        var fields: [(String, Any)] = [("rooms", count), ("room_size", size), ("clients", conns.count), ("rate_per_sender", rate)]
+        var fields: [(String, Any)] = [("rooms", count), ("room_size", size), ("clients", conns.count), ("rate_per_sender", rate),
+                                       ("encrypted", encrypted)]
         fields += try await drive(senders: senders, receivers: size, rate: rate, seconds: seconds, padding: 60)
         await close(conns.map(\.1))
         return Report(scenario: options.string("name", default: "rooms"), fields: fields)
