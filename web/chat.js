@@ -169,8 +169,12 @@
     markRead();
   }
 
+  // The room whose history the list shows (after its first page): only its position is saved,
+  // never that of a list still empty or of the room being left.
+  let shown = null;
   function saveScroll() {
-    if (!rooms.has(current)) return;
+    const r = rooms.get(current);
+    if (!r || !r.loaded || shown !== current) return;
     store.sset('sc.scroll.' + current, String(list.scrollHeight - list.scrollTop - list.clientHeight));
   }
   function restoreScroll() {
@@ -294,6 +298,7 @@
     }
     const wasBottom = atBottom();
     list.replaceChildren.apply(list, items);
+    shown = r.loaded ? r.id : null;
     if (restore) restoreScroll(); else if (wasBottom) list.scrollTop = list.scrollHeight;
   }
 

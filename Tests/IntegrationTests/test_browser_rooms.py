@@ -269,3 +269,31 @@ def test_reconnect_replays_every_loaded_room(make_deployment, browsers):
     open_room(alice, "ops")
     wait(alice, lambda x: messages(x) == sent)          # nothing twice after a redraw either
     shot(alice, "rooms-10-reconnected")
+
+
+def test_the_room_and_its_scroll_position_survive_a_reload(make_deployment, browsers):
+    d = rooms_deployment(make_deployment)
+    session = d.login("alice")
+
+    async def seed():
+        c = await Client.connect(d, session)
+        await c.send({"type": "create_room", "name": "tall", "kind": "public", "ref": "mk"})
+        await c.wait_for(lambda f: f.get("ref") == "mk")
+        for i in range(60):
+            await c.send({"type": "send", "room": "tall", "text": "line %02d" % i, "ref": "t%d" % i})
+        await c.wait_for(lambda f: f.get("ref") == "t59")
+        await c.close()
+
+    run(seed())
+    a = browsers()
+    signed_in(a, d, "alice")
+    open_room(a, "tall")
+    wait(a, lambda x: "line 59" in messages(x))
+    from_bottom = "var l = document.getElementById('messages'); return l.scrollHeight - l.scrollTop - l.clientHeight"
+    a.execute_script("var l = document.getElementById('messages'); l.scrollTop = l.scrollHeight - l.clientHeight - 300;"
+                     "l.dispatchEvent(new Event('scroll'))")
+    wait(a, lambda x: abs(x.execute_script(from_bottom) - 300) < 5)
+    a.refresh()
+    wait(a, connected)
+    wait(a, lambda x: x.find_element(By.ID, "room-title").text == "#tall" and "line 59" in messages(x))
+    wait(a, lambda x: abs(x.execute_script(from_bottom) - 300) < 40)
