@@ -90,11 +90,8 @@ public struct PasswordHash: Sendable, Equatable {
 public struct UsersFile: Sendable {
     public var users: [String: PasswordHash]
 
-    public static func isValidName(_ name: String) -> Bool {
-        (1...32).contains(name.utf8.count) && name.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D || c == 0x2E
-        }
-    }
+    /// The one rule for user names, shared with the wire contract's (dm ids, invites).
+    public static func isValidName(_ name: String) -> Bool { RoomID.isValidUser(name) }
 
     public init(users: [String: PasswordHash] = [:]) {
         self.users = users

@@ -76,12 +76,7 @@ struct DeviceStore: Sendable {
     """)
 
     func run(_ script: RedisScript, _ args: [String], on loop: EventLoop) -> EventLoopFuture<RoomStore.Outcome> {
-        redis.evalScriptFuture(script, keys: [], args: args, on: loop).flatMapThrowing { reply in
-            guard let items = reply.array, let status = items.first?.string else { throw RedisError.unexpectedReply }
-            if status == "ok" { return .ok(items) }
-            let code = items.count > 1 ? items[1].string ?? "bad_request" : "bad_request"
-            return .refused(code: code, message: items.count > 2 ? items[2].string ?? code : code)
-        }
+        RoomStore.run(script, args, redis: redis, on: loop)
     }
 
     /// `{"alice":[{…},{…}],"bob":[]}` for the `keys` answer.

@@ -123,8 +123,6 @@ final class Hub: Sendable {
     var connections: [ConnectionInfo] { entries.withLockedValue { $0.values.filter(\.reported).map(\.info) } }
     var count: Int { entries.withLockedValue { $0.count } }
     var localUsers: [String] { Array(Set(connections.map(\.user))).sorted() }
-    /// Rooms whose channel this worker is subscribed to (for tests and metrics).
-    var relayedRooms: [String] { relay.withLockedValue { Array($0.rooms.keys).sorted() } }
 
     /// Without the coordinator: who this worker last knew to be online, plus its own users.
     var bestKnownOnline: [String] {

@@ -30,7 +30,6 @@ struct RoomStore: Sendable {
     }
 
     static func streamKey(_ room: String) -> String { "sc:room:\(room):stream" }
-    static func trimmedKey(_ room: String) -> String { "sc:room:\(room):trimmed" }
     static func channel(_ room: String) -> String { "sc:room:\(room)" }
     static func userChannel(_ user: String) -> String { "sc:user:\(user)" }
     static let roomChannelPrefix = "sc:room:"
@@ -438,13 +437,18 @@ struct RoomStore: Sendable {
     func isAdmin(_ user: String) -> Bool { admins.contains(user) }
 
     func run(_ script: RedisScript, _ args: [String], on loop: EventLoop) -> EventLoopFuture<Outcome> {
+        Self.run(script, args, redis: redis, on: loop)
+    }
+
+    /// Runs a script that answers `{'ok', …}` (or `{'dup', …}`) or `{'err', code, message?}`.
+    static func run(_ script: RedisScript, _ args: [String], redis: RedisClient, on loop: EventLoop) -> EventLoopFuture<Outcome> {
         redis.evalScriptFuture(script, keys: [], args: args, on: loop).flatMapThrowing { reply in
             guard let items = reply.array, let status = items.first?.string else { throw RedisError.unexpectedReply }
             switch status {
             case "ok", "dup": return .ok(items)
             case "err":
                 let code = items.count > 1 ? items[1].string ?? "bad_request" : "bad_request"
-                let message = items.count > 2 ? items[2].string ?? code : Self.defaultMessage(code)
+                let message = items.count > 2 ? items[2].string ?? code : defaultMessage(code)
                 return .refused(code: code, message: message)
             default: throw RedisError.unexpectedReply
             }
@@ -521,12 +525,6 @@ struct RoomStore: Sendable {
     func since(_ after: MessageID, room: String, on loop: EventLoop) -> EventLoopFuture<[ChatMessage]> {
         redis.sendChecked(["XRANGE", Self.streamKey(room), "(\(after)", "+", "COUNT", "10000"], on: loop)
             .map { Self.messages(from: $0, room: room) }
-    }
-
-    /// The newest id in the room's stream, or 0-0.
-    func lastID(room: String, on loop: EventLoop) -> EventLoopFuture<MessageID> {
-        redis.sendChecked(["XREVRANGE", Self.streamKey(room), "+", "-", "COUNT", "1"], on: loop)
-            .map { Self.messages(from: $0, room: room).first?.id ?? .zero }
     }
 
     /// Stream entries as events. Entries of v1 hold `from` and `text`; later ones `from`, `k`, `b`.

@@ -1,8 +1,6 @@
 """The server's end-to-end encryption primitives (protocol.md, "End-to-end encryption"):
 devices, keys, to_device mailboxes durable until acknowledged (across reconnects and a
 worker killed), key backups, and the `devices` announcement. Every payload is opaque."""
-import asyncio
-
 from conftest import wait_until
 from test_rooms import FAST, call, quiet, refused, rooms_deployment  # noqa: F401
 from wsclient import Client, run
@@ -10,18 +8,6 @@ from wsclient import Client, run
 
 def device(i, user):
     return {"id": "%s-dev-%d" % (user, i), "ecdh": "pub-%d" % i, "sig": "s" * 40}
-
-
-async def connect_retrying(d, session, seconds=20):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        try:
-            return await Client.connect(d, session)
-        except Exception:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 def test_devices_keys_and_their_limits(make_deployment):
@@ -80,7 +66,7 @@ def test_to_device_is_kept_until_acknowledged_across_reconnects_and_a_worker_kil
         ids = []
         for i in range(3):
             await call(b, {"type": "to_device", "messages": [{"user": "alice", "device": "a1", "payload": "p%d" % i}]}, "ok")
-        a = await connect_retrying(d, alice)
+        a = await Client.connect_retrying(d, alice)
         await call(a, {"type": "device", "device": {"id": "a1", "k": "ka1"}}, "ok")
         got = [await a.wait_for(lambda f: f["type"] == "to_device") for _ in range(3)]
         assert [g["payload"] for g in got] == ["p0", "p1", "p2"]
@@ -90,7 +76,7 @@ def test_to_device_is_kept_until_acknowledged_across_reconnects_and_a_worker_kil
         victim = a.worker
         d.kill(victim)
         await a.closed_code()
-        a = await connect_retrying(d, alice)
+        a = await Client.connect_retrying(d, alice)
         await call(a, {"type": "device", "device": {"id": "a1", "k": "ka1"}}, "ok")
         again = await a.wait_for(lambda f: f["type"] == "to_device")
         assert again["id"] == ids[2] and again["payload"] == "p2"

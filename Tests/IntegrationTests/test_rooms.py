@@ -1,6 +1,5 @@
 """Rooms, direct messages and the message lifecycle (protocol.md v2) against a real
 deployment: two workers, users on different workers, real Redis."""
-import asyncio
 import itertools
 import os
 
@@ -348,15 +347,7 @@ def test_rooms_survive_restarts_of_redis_and_a_worker(make_deployment):
         wait_until(d.healthy, 30, what="healthy after the worker restart")
         last = ack["id"]
         for session in (alice, bob, alice):
-            c = None
-            deadline = asyncio.get_running_loop().time() + 20
-            while c is None:
-                try:
-                    c = await Client.connect(d, session)
-                except Exception:
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise
-                    await asyncio.sleep(0.2)
+            c = await Client.connect_retrying(d, session)
             rooms = {r["id"]: r for r in c.welcome["rooms"]}
             assert rooms["durable"]["topic"] == "kept" and rooms["durable"]["members"] == 2
             assert rooms["durable"]["last_id"] == last

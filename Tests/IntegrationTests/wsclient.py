@@ -30,6 +30,19 @@ class Client:
             assert c.welcome["type"] == "welcome", c.welcome
         return c
 
+    @classmethod
+    async def connect_retrying(cls, deployment, session, seconds=20):
+        """`connect`, polled until it works or `seconds` pass (a worker or Redis coming back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            try:
+                return await cls.connect(deployment, session)
+            except Exception:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
     async def send(self, obj):
         await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj))
 
