@@ -39,6 +39,8 @@
   let replyTo = null;          // {id, from, text} while replying
   let lastTyping = 0;
   const typingTimers = new Map();  // user -> timer (current room only)
+  let keys = null;             // end-to-end encryption (web/secure.js), once signed in
+  const MAX_E2EE = 16000;      // an `e2ee` object must stay under the server's 16 KiB
 
   // Room state: the server's room object, plus what this page holds of its history.
   function roomState(obj) {
@@ -72,6 +74,8 @@
     else if (callback) { waiting.delete(ref); callback({ type: 'error', code: 'offline' }); }
     return ref;
   }
+
+  function ask(frame) { return new Promise(function (resolve) { request(frame, resolve); }); }
 
   function setState(state, text) {
     connection.dataset.state = state;
@@ -157,16 +161,32 @@
     $('room-topic').textContent = r.obj.topic || '';
     $('leave').hidden = id === LOBBY || r.obj.kind === 'dm';
     $('invite').hidden = id === LOBBY || r.obj.kind === 'dm';
-    const encrypted = isEncrypted(r);
-    $('e2ee-note').hidden = !encrypted;
-    input.disabled = encrypted;
-    $('send-button').disabled = encrypted;
-    input.placeholder = encrypted ? 'End-to-end encryption is coming to this browser' : 'Write a message';
+    renderE2EE();
     renderSidebar();
     renderMessages(true);
     if (!r.loaded) loadOlder(r, true);
     loadMembers(r);
     markRead();
+  }
+
+  // What an encrypted room says about itself, and whether this browser can write in it.
+  function renderE2EE() {
+    const r = rooms.get(current);
+    const encrypted = isEncrypted(r);
+    const ready = !!(keys && keys.state === 'ready');
+    $('recovery-reminder').hidden = !(keys && keys.unseenRecovery);
+    $('e2ee-note').hidden = !encrypted;
+    $('e2ee-setup').hidden = !encrypted || ready;
+    const blocked = encrypted && !ready;
+    input.disabled = blocked;
+    $('send-button').disabled = blocked;
+    $('attach-button').disabled = blocked;
+    input.placeholder = blocked ? 'This browser has no keys yet: enter your recovery key' : 'Write a message';
+    const dm = r && r.obj.kind === 'dm';
+    $('verify').hidden = !dm || !ready;
+    const other = dm ? displayName(r) : null;
+    const c = other && keys ? keys.contact(other) : null;
+    $('verified-mark').hidden = !(c && c.verified && !c.changed);
   }
 
   // The room whose history the list shows (after its first page): only its position is saved,
@@ -325,6 +345,165 @@
     if (wasBottom) list.scrollTop = list.scrollHeight;
   }
 
+  // ---- encrypted content ----------------------------------------------------------
+
+  // What a message says: {text, file?, state}, or a `notice` in its place while (or why) it
+  // cannot be read. Decrypted once per envelope (an edit brings a new one), then redrawn.
+  const E2EE_NOTICES = {
+    pending: '🔒 Decrypting…',
+    no_keys: '🔒 Encrypted. This browser has no keys yet: enter your recovery key to read it.',
+    no_key: '🔒 This device has no key for this message: it was sent before you joined (or before this browser had your keys), and nobody shared it.',
+    untrusted: '⚠ Sent with new keys of its author that you have not accepted (see the warning at the top).',
+    bad: '⚠ This message failed its integrity check and is not shown.',
+    unencrypted: '⚠ This message came without encryption into an encrypted room, so it cannot be from a member, and is not shown.',
+  };
+  function contentOf(r, e) {
+    // Plain text in an encrypted room came from no member's device (the server, or a bug): not shown as theirs.
+    if (!e.e2ee && isEncrypted(r)) return { notice: E2EE_NOTICES.unencrypted, state: 'unencrypted' };
+    if (!e.e2ee) return { text: e.text, state: 'plain', file: fileRef(e.text) };
+    if (!e.dec || e.dec.env !== e.e2ee) decrypt(r, e);
+    const d = e.dec;
+    if (d.state === 'ok') return d;
+    return { notice: E2EE_NOTICES[d.state] || E2EE_NOTICES.bad, state: d.state };
+  }
+  function decrypt(r, e) {
+    const env = e.e2ee;
+    if (!keys || keys.state !== 'ready') { e.dec = { env: env, state: 'no_keys' }; return; }
+    e.dec = { env: env, state: 'pending' };
+    keys.decrypt(r.id, e.from, e.editId || e.id, env).then(function (c) {
+      const file = c.file && typeof c.file === 'object' && typeof c.file.id === 'string' ? c.file : null;
+      return { env: env, state: 'ok', text: typeof c.text === 'string' ? c.text : '', file: file };
+    }, function (err) {
+      return { env: env, state: err && err.code ? err.code : 'bad' };
+    }).then(function (d) {
+      if (e.e2ee !== env) return;
+      e.dec = d;
+      redraw(r, e.id);
+    });
+  }
+  // Messages that could not be read yet, tried again (a key arrived, keys restored or accepted).
+  function retryDecrypts(roomId) {
+    rooms.forEach(function (r) {
+      if (roomId && r.id !== roomId) return;
+      r.events.forEach(function (e) {
+        if (e.dec && (e.dec.state === 'no_key' || e.dec.state === 'no_keys' || e.dec.state === 'untrusted')) e.dec = null;
+      });
+      if (r.id === current) renderMessages(false);
+    });
+  }
+  function redraw(r, id) {
+    if (r.id !== current) return;
+    const e = r.events.get(id);
+    const old = list.querySelector('li.message[data-id="' + CSS.escape(id) + '"]');
+    if (old && e) old.replaceWith(messageItem(r, e));
+    list.querySelectorAll('li.message').forEach(function (li) {
+      const x = r.events.get(li.dataset.id);
+      if (x && x.replyTo === id) li.replaceWith(messageItem(r, x));
+    });
+  }
+  // One encrypt at a time per room, through web/secure.js (which shares keys first if needed).
+  function sealed(room, content) {
+    if (!keys || keys.state !== 'ready') return Promise.reject(new Error('This browser has no keys yet: enter your recovery key.'));
+    return keys.encrypt(room, content).then(function (env) {
+      if (JSON.stringify(env).length > MAX_E2EE) throw new Error(errorTexts.too_long);
+      return env;
+    });
+  }
+
+  // ---- files ----------------------------------------------------------------------
+
+  // A plain room's file message: "📎 name (type, size) /api/files/<id>".
+  function fileRef(text) {
+    const m = /^📎 (.{1,200}) \(([\w.+-]+\/[\w.+-]+), (\d+) bytes\) \/api\/files\/([0-9a-f]{32})$/.exec(text || '');
+    return m ? { name: m[1], type: m[2], size: Number(m[3]), id: m[4] } : null;
+  }
+  function fileItem(r, e, f) {
+    const box = document.createElement('span');
+    box.className = 'file';
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'link-button';
+    b.textContent = '⬇ ' + String(f.name || 'file') + ' (' + Math.ceil((Number(f.size) || 0) / 1024) + ' KiB)';
+    b.setAttribute('aria-label', 'Download ' + String(f.name || 'file'));
+    b.addEventListener('click', function () {
+      fileBlob(f).then(function (blob) {
+        const a = document.createElement('a');
+        a.href = URL.createObjectURL(blob);
+        a.download = String(f.name || 'file');
+        a.click();
+        setTimeout(function () { URL.revokeObjectURL(a.href); }, 60000);
+      }, function (err) { showSendError('Could not download the file: ' + err.message); });
+    });
+    box.appendChild(b);
+    if (/^image\/(png|jpeg|gif|webp)$/.test(String(f.type)) && Number(f.size) <= 10 * 1024 * 1024) {
+      const img = document.createElement('img');
+      img.className = 'preview';
+      img.alt = 'Preview of ' + String(f.name || 'image');
+      if (e.previewUrl && e.previewFor === f.id) img.src = e.previewUrl;
+      else fileBlob(f).then(function (blob) {
+        e.previewFor = f.id;
+        e.previewUrl = URL.createObjectURL(blob);
+        img.src = e.previewUrl;
+      }, function () { img.alt = 'The preview could not be loaded'; });
+      box.appendChild(img);
+    }
+    return box;
+  }
+  // The file's bytes: fetched (members only), decrypted here when the message carried a key.
+  const blobs = new Map();   // file id -> Promise<Blob>
+  function fileBlob(f) {
+    if (blobs.has(f.id)) return blobs.get(f.id);
+    const p = fetch('/api/files/' + encodeURIComponent(f.id), { credentials: 'same-origin' }).then(function (res) {
+      if (!res.ok) throw new Error(res.status === 404 ? 'not found, or not in this room' : 'HTTP ' + res.status);
+      return res.arrayBuffer();
+    }).then(function (buf) {
+      if (!f.key) return new Uint8Array(buf);
+      return window.SecureChatE2EE.decryptFile(new Uint8Array(buf), f.key, f.iv);
+    }).then(function (bytes) {
+      const type = /^[\w.+-]+\/[\w.+-]+$/.test(String(f.type)) ? String(f.type) : 'application/octet-stream';
+      return new Blob([bytes], { type: type });
+    });
+    blobs.set(f.id, p);
+    p.catch(function () { blobs.delete(f.id); });
+    return p;
+  }
+  $('attach-button').addEventListener('click', function () { $('file-input').click(); });
+  $('file-input').addEventListener('change', function () {
+    const file = $('file-input').files[0];
+    $('file-input').value = '';
+    if (file) sendFile(current, file);
+  });
+  async function sendFile(roomId, file) {
+    const r = rooms.get(roomId);
+    if (!r) return;
+    if (file.size > 10 * 1024 * 1024) { showSendError('Files can be at most 10 MiB.'); return; }
+    const type = /^[\w.+-]+\/[\w.+-]+$/.test(file.type) ? file.type : 'application/octet-stream';
+    const name = file.name.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, 200) || 'file';
+    try {
+      let bytes = new Uint8Array(await file.arrayBuffer());
+      let secret = null;
+      if (isEncrypted(r)) {
+        secret = await window.SecureChatE2EE.encryptFile(bytes);
+        bytes = secret.ciphertext;
+      }
+      const res = await fetch('/api/files?room=' + encodeURIComponent(roomId), {
+        method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/octet-stream' }, body: bytes });
+      const answer = await res.json().catch(function () { return {}; });
+      if (res.status !== 201) {
+        const why = { 404: 'you are not in this room', 413: 'it is over the size limit', 429: 'too many uploads, try again shortly', 507: 'the server is out of file space' }[res.status];
+        throw new Error(why || 'HTTP ' + res.status);
+      }
+      const ref = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
+      const frame = { type: 'send', ref: ref, room: roomId };
+      if (secret) frame.e2ee = await sealed(roomId, { text: '', file: { id: answer.id, key: secret.key, iv: secret.iv, name: name, type: type, size: file.size } });
+      else frame.text = '📎 ' + name.slice(0, 200) + ' (' + type + ', ' + file.size + ' bytes) /api/files/' + answer.id;
+      pending.set(ref, { room: roomId, text: frame.text, e2ee: frame.e2ee, sentOn: socket });
+      if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+    } catch (err) {
+      showSendError('Could not send the file: ' + err.message);
+    }
+  }
+
   function messageItem(r, e) {
     const li = document.createElement('li');
     li.className = 'message' + (e.deleted ? ' deleted' : '');
@@ -346,19 +525,22 @@
     // Its own direction, isolated (style.css): bidi controls in a text cannot reorder the
     // time or the author, nor run into the next message.
     text.dir = 'auto';
+    const c = contentOf(r, e);
     if (e.deleted) text.textContent = 'This message was deleted.';
-    else if (e.e2ee) text.textContent = '🔒 Encrypted message (this browser cannot read it yet)';
-    else text.textContent = e.text;
+    else if (c.notice) { text.textContent = c.notice; text.classList.add('e2ee-state'); }
+    else text.textContent = c.text;
+    if (isEncrypted(r) && !e.deleted) li.dataset.e2ee = c.state;
     const parts = [time, author];
     if (e.replyTo) {
       const quote = document.createElement('span');
       quote.className = 'quote';
       quote.dir = 'auto';
       const target = r.events.get(e.replyTo);
-      quote.textContent = '↪ ' + (target && target.reactions ? target.from + ': ' + (target.deleted ? 'deleted' : (target.text || '')).slice(0, 80) : 'an earlier message');
+      quote.textContent = '↪ ' + (target && target.reactions ? target.from + ': ' + (target.deleted ? 'deleted' : (contentOf(r, target).text || '')).slice(0, 80) : 'an earlier message');
       parts.push(quote);
     }
     parts.push(text);
+    if (c.file && !e.deleted) parts.push(fileItem(r, e, c.file));
     if (e.edited && !e.deleted) {
       const edited = document.createElement('span');
       edited.className = 'edited';
@@ -394,9 +576,9 @@
         b.setAttribute('aria-label', aria);
         actions.appendChild(b);
       };
-      if (!isEncrypted(r)) add('reply', 'Reply', 'Reply to ' + e.from);
+      add('reply', 'Reply', 'Reply to ' + e.from);
       add('react', 'React', 'React to the message of ' + e.from);
-      if (e.from === user && !isEncrypted(r)) add('edit', 'Edit', 'Edit your message');
+      if (e.from === user && !c.file && (!e.e2ee || c.state === 'ok')) add('edit', 'Edit', 'Edit your message');
       if (e.from === user || r.obj.owner === user) add('delete', 'Delete', 'Delete the message');
       li.appendChild(actions);
     }
@@ -413,8 +595,8 @@
     if (!e) return;
     switch (b.dataset.action) {
       case 'reply':
-        replyTo = { id: e.id, from: e.from, text: e.text };
-        $('reply-text').textContent = 'Replying to ' + e.from + ': ' + (e.text || '').slice(0, 80);
+        replyTo = { id: e.id, from: e.from };
+        $('reply-text').textContent = 'Replying to ' + e.from + ': ' + (contentOf(r, e).text || '').slice(0, 80);
         $('reply-bar').hidden = false;
         input.focus();
         break;
@@ -469,7 +651,8 @@
     if (!text) return;   // already being edited
     const box = document.createElement('input');
     box.className = 'edit-box';
-    box.value = e.text;
+    const before = contentOf(r, e).text || '';
+    box.value = before;
     box.maxLength = 4000;
     box.setAttribute('aria-label', 'Edit message; Enter saves, Escape cancels');
     text.replaceWith(box);
@@ -484,10 +667,14 @@
       if (event.key === 'Enter') {
         event.preventDefault();
         const value = box.value;
-        if (value.trim() === '' || value.trim() === e.text) { renderMessages(false); refocus(); return; }
-        request({ type: 'edit', room: r.id, id: e.id, text: value }, function (reply) {
+        if (value.trim() === '' || value.trim() === before) { renderMessages(false); refocus(); return; }
+        const done = function (reply) {
           if (reply.type === 'error') showRefusal(reply); else { renderMessages(false); refocus(); }
-        });
+        };
+        if (!isEncrypted(r)) { request({ type: 'edit', room: r.id, id: e.id, text: value }, done); return; }
+        sealed(r.id, { text: value }).then(function (env) {
+          request({ type: 'edit', room: r.id, id: e.id, e2ee: env }, done);
+        }, function (err) { showSendError(err.message); });
       }
     });
   }
@@ -548,7 +735,20 @@
   function renderMembers() {
     const r = rooms.get(current);
     const names = (r && r.members) || [];
-    membersList.replaceChildren.apply(membersList, names.map(function (n) { return personItem(n, true); }));
+    const owner = r && r.id !== LOBBY && r.obj.kind !== 'dm' && r.obj.owner === user;
+    membersList.replaceChildren.apply(membersList, names.map(function (n) {
+      const li = personItem(n, true);
+      if (owner && n !== user) {
+        const x = document.createElement('button');
+        x.type = 'button';
+        x.className = 'link-button remove-member';
+        x.dataset.remove = n;
+        x.textContent = 'Remove';
+        x.setAttribute('aria-label', 'Remove ' + n + ' from the room');
+        li.appendChild(x);
+      }
+      return li;
+    }));
     memberCount.textContent = String(r ? r.obj.members : 0);
   }
 
@@ -560,6 +760,12 @@
 
   [membersList, onlineList].forEach(function (l) {
     l.addEventListener('click', function (event) {
+      const x = event.target.closest('button[data-remove]');
+      if (x) {
+        const name = x.dataset.remove, roomId = current;
+        if (window.confirm('Remove ' + name + ' from this room?')) request({ type: 'remove', room: roomId, user: name }, showRefusal);
+        return;
+      }
       const b = event.target.closest('button[data-user]');
       if (b && b.dataset.user !== user) openDM(b.dataset.user);
     });
@@ -675,6 +881,8 @@
           nextSync();
         }
         resendPending();
+        if (!keys) startKeys(frame.user);
+        else keys.publish();
         welcomed = true;
         renderOnline();
         openRoom(rooms.has(current) ? current : LOBBY);
@@ -699,6 +907,7 @@
         renderSidebar();
         break;
       case 'room_removed':
+        if (keys) keys.forgetRoom(frame.room).catch(function () {});
         rooms.delete(frame.room);
         if (current === frame.room) openRoom(LOBBY); else renderSidebar();
         break;
@@ -726,8 +935,19 @@
           r.members.sort();
         }
         if (r.id === current) renderMembers();
+        if (keys && isEncrypted(r)) {
+          keys.onMember(r.id, frame.user, frame.joined).then(function () {
+            if (frame.joined) return keys.shareNow(r.id);
+          }).catch(function () {});
+        }
         break;
       }
+      case 'to_device':
+        if (keys) keys.onToDevice(frame);
+        break;
+      case 'devices':
+        if (keys) keys.onDevices(frame.user).catch(function () {});
+        break;
       case 'typing':
         if (frame.room === current && frame.user !== user) showTyping(frame.user);
         break;
@@ -810,9 +1030,10 @@
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
     pending.forEach(function (p, ref) {
       const r = rooms.get(p.room);
-      if (p.sentOn === socket || (r && r.syncing)) return;
+      if (p.sentOn === socket || p.encrypting || (r && r.syncing)) return;
       p.sentOn = socket;
-      const frame = { type: 'send', text: p.text, ref: ref, room: p.room };
+      const frame = { type: 'send', ref: ref, room: p.room };
+      if (p.e2ee) frame.e2ee = p.e2ee; else frame.text = p.text;
       if (p.replyTo) frame.reply_to = p.replyTo;
       socket.send(JSON.stringify(frame));
     });
@@ -872,7 +1093,6 @@
     event.preventDefault();
     const text = input.value;
     if (text.trim() === '') { showSendError(errorTexts.empty); return; }
-    if (isEncrypted(rooms.get(current))) return;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       showSendError('Not connected yet; your message is still in the box.');
       return;
@@ -882,13 +1102,152 @@
     pending.forEach(function (p) { if (p.room === current && p.text === text) waitingAlready = true; });
     if (waitingAlready) return;
     const ref = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
-    const frame = { type: 'send', text: text, ref: ref, room: current };
+    const frame = { type: 'send', ref: ref, room: current };
     if (replyTo) frame.reply_to = replyTo.id;
-    pending.set(ref, { room: current, text: text, replyTo: frame.reply_to, sentOn: socket });
+    const p = { room: current, text: text, replyTo: frame.reply_to, sentOn: socket };
+    pending.set(ref, p);
     sendError.hidden = true;
     cancelReply();
-    socket.send(JSON.stringify(frame));
     list.scrollTop = list.scrollHeight;
+    if (!isEncrypted(rooms.get(current))) {
+      frame.text = text;
+      socket.send(JSON.stringify(frame));
+      return;
+    }
+    // Encrypted: the text never leaves this page; its envelope does, once keys are shared.
+    p.encrypting = true;
+    p.sentOn = null;
+    sealed(current, { text: text }).then(function (env) {
+      p.encrypting = false;
+      p.e2ee = env;
+      if (!pending.has(ref)) return;
+      if (socket && socket.readyState === WebSocket.OPEN && !(rooms.get(p.room) || {}).syncing) {
+        p.sentOn = socket;
+        frame.e2ee = env;
+        socket.send(JSON.stringify(frame));
+      }
+    }, function (err) {
+      pending.delete(ref);
+      showSendError('Not sent: ' + err.message + ' Your message is still in the box.');
+    });
+  });
+
+  // ---- keys: set-up, recovery, verification -------------------------------------
+
+  function onKeyEvent(ev) {
+    if (ev.type === 'key') retryDecrypts(ev.room);
+    else if (ev.type === 'keys') { retryDecrypts(null); renderE2EE(); }
+    else if (ev.type === 'changed') {
+      lobbyNotice(ev.user + '’s keys changed (a new browser, or keys made again). Compare safety numbers in a direct message if it matters.');
+    } else if (ev.type === 'warning') { renderKeyWarning(); renderE2EE(); }
+    else if (ev.type === 'verified') { renderKeyWarning(); renderE2EE(); retryDecrypts(null); }
+  }
+
+  async function startKeys(name) {
+    if (!window.SecureChatKeys || !window.indexedDB) return;
+    keys = window.SecureChatKeys.create({ user: name, request: ask, onEvent: onKeyEvent });
+    // For tests and benchmarks driving the page (a script here can use the keys anyway; the
+    // CSP lets no other script run).
+    window.SecureChatPage = { keys: keys };
+    let state;
+    try { state = await keys.start(); } catch (e) { keys.state = 'failed'; renderE2EE(); return; }
+    if (state === 'new') {
+      await keys.createIdentity(false);
+      await keys.publish();
+      lobbyNotice('Encryption keys were made for you in this browser. Save your recovery key (the button at the top): without it no other browser of yours can read your encrypted messages.');
+    } else if (state === 'ready') {
+      await keys.publish();
+    } else {
+      showRestore(state);
+    }
+    renderE2EE();
+    retryDecrypts(null);
+  }
+
+  // The recovery key is shown once, when the user asks (a button at the top until then).
+  function showRecovery() {
+    if (!keys || !keys.unseenRecovery) return;
+    $('recovery-key').textContent = keys.unseenRecovery;
+    $('recovery-dialog').showModal();
+  }
+  $('recovery-reminder').addEventListener('click', showRecovery);
+  $('recovery-done').addEventListener('click', function () {
+    $('recovery-key').textContent = '';
+    $('recovery-dialog').close();
+    keys.recoverySeen().then(renderE2EE);
+  });
+
+  function showRestore(state) {
+    $('restore-form').reset();
+    $('restore-error').hidden = true;
+    $('restore-why').textContent = state === 'replaced'
+      ? 'Your keys were made again in another browser, so the keys in this one are no longer yours. Enter the new recovery key to go on here.'
+      : 'Your account already has encryption keys, made in another browser. Enter your recovery key to use them here and read your encrypted history.';
+    $('restore-dialog').showModal();
+  }
+  $('e2ee-setup').addEventListener('click', function () { if (keys) showRestore(keys.state); });
+  $('restore-form').addEventListener('submit', function (event) {
+    event.preventDefault();
+    $('restore-error').hidden = true;
+    keys.restore($('restore-key').value).then(function (n) {
+      $('restore-dialog').close();
+      lobbyNotice('Keys restored from your backup: ' + n + (n === 1 ? ' conversation key.' : ' conversation keys.'));
+      return keys.publish();
+    }, function (err) {
+      $('restore-error').textContent = err.message;
+      $('restore-error').hidden = false;
+    }).then(function () { renderE2EE(); retryDecrypts(null); });
+  });
+  $('restore-later').addEventListener('click', function () {
+    $('restore-dialog').close();
+    lobbyNotice('Without your recovery key this browser cannot read or send encrypted messages: dms and encrypted rooms show them locked. Use “Enter recovery key” in such a room when you have it.');
+    renderE2EE();
+  });
+  $('restore-reset').addEventListener('click', function () {
+    if (!window.confirm('Make new keys? Encrypted messages sent before now stay unreadable in every browser of yours without the old recovery key, your other browsers stop working for encrypted rooms, and your contacts see that your keys changed.')) return;
+    $('restore-dialog').close();
+    keys.createIdentity(true).then(function () {
+      showRecovery();
+      return keys.publish();
+    }).then(function () { renderE2EE(); retryDecrypts(null); }, function (err) { showSendError('Could not make new keys: ' + err.message); });
+  });
+
+  // A verified contact's keys changed: a warning at the top of every room until dealt with.
+  function renderKeyWarning() {
+    const changed = keys ? keys.changedContacts() : [];
+    $('key-warning').hidden = changed.length === 0;
+    $('key-warning-text').textContent = changed.length === 0 ? '' :
+      '⚠ The keys of ' + changed.join(', ') + ' changed since you verified ' + (changed.length === 1 ? 'them' : 'them all') +
+      '. Until you compare safety numbers again, nothing you send reaches their new keys, and what they send with them stays hidden.';
+    $('key-warning-check').dataset.user = changed[0] || '';
+  }
+  $('key-warning-check').addEventListener('click', function () { showSafety($('key-warning-check').dataset.user); });
+
+  async function showSafety(name) {
+    if (!keys || !name) return;
+    $('safety-title').textContent = 'Safety number with ' + name;
+    $('safety-number').textContent = 'Computing…';
+    $('safety-dialog').dataset.user = name;
+    $('safety-dialog').showModal();
+    const number = await keys.safetyNumber(name);
+    const c = keys.contact(name);
+    $('safety-number').textContent = number || 'No keys for ' + name + ' yet: they have not used an encrypted room in a browser.';
+    $('safety-state').textContent = !c ? '' : c.changed ? '⚠ Their keys changed since you verified them. This number is of the new keys.'
+      : c.verified ? '✓ You verified ' + name + '.' : 'Not verified yet.';
+    $('safety-verify').hidden = !c || (c.verified && !c.changed);
+    $('safety-verify').textContent = c && c.changed ? 'The numbers match: accept the new keys' : 'The numbers match: mark as verified';
+    $('safety-unverify').hidden = !c || !c.verified || !!c.changed;
+  }
+  $('verify').addEventListener('click', function () { const r = rooms.get(current); if (r && r.obj.kind === 'dm') showSafety(displayName(r)); });
+  $('safety-verify').addEventListener('click', async function () {
+    const name = $('safety-dialog').dataset.user, c = keys.contact(name);
+    if (c && c.changed) await keys.acceptChange(name);
+    await keys.setVerified(name, true);
+    $('safety-dialog').close();
+  });
+  $('safety-unverify').addEventListener('click', async function () {
+    await keys.setVerified($('safety-dialog').dataset.user, false);
+    $('safety-dialog').close();
   });
 
   // ---- dialogs --------------------------------------------------------------
@@ -897,8 +1256,16 @@
     b.addEventListener('click', function () { b.closest('dialog').close(); });
   });
 
+  // Encryption is for private rooms (a public room is readable by anyone who joins).
+  function syncEncryptedBox() {
+    const priv = $('create-form').querySelector('input[name="kind"]:checked').value === 'private';
+    $('create-encrypted').disabled = !priv;
+    if (!priv) $('create-encrypted').checked = false;
+  }
+  $('create-form').querySelectorAll('input[name="kind"]').forEach(function (x) { x.addEventListener('change', syncEncryptedBox); });
   $('new-room').addEventListener('click', function () {
     $('create-form').reset();
+    syncEncryptedBox();
     $('create-error').hidden = true;
     $('create-dialog').showModal();
   });
@@ -906,6 +1273,7 @@
     event.preventDefault();
     const kind = $('create-form').querySelector('input[name="kind"]:checked').value;
     const frame = { type: 'create_room', name: $('create-name').value.trim(), kind: kind };
+    if (kind === 'private' && $('create-encrypted').checked) frame.encrypted = true;
     if ($('create-room-title').value.trim()) frame.title = $('create-room-title').value;
     if ($('create-topic').value.trim()) frame.topic = $('create-topic').value;
     request(frame, function (reply) {

@@ -1,7 +1,6 @@
 'use strict';
 // The cryptographic core of SecureChat's end-to-end encryption, in WebCrypto alone (no
-// library). Not wired into the chat page yet: keys, sharing and verification come next
-// (issue 12). What is here:
+// library). web/secure.js builds the keys, sharing and verification on it. What is here:
 //
 // - device keys: ECDH (X25519 where the browser has it, else P-256) and signing (Ed25519
 //   where available, else ECDSA P-256 with SHA-256), private halves non-extractable;
@@ -182,7 +181,166 @@
     }
   }
 
+  // A member's read access to one sender chain, from its share: the key of any index at or
+  // after the share's, computed forward from the nearest chain key already known (each kept,
+  // at most MAX_SKIP), so history can be read in any order and read again after a reload.
+  class ChainReader {
+    constructor(ck, index) {
+      this.start = index;
+      this.keys = new Map([[index, ck]]);
+      this.highest = index;
+    }
+    async messageKey(i) {
+      if (!Number.isInteger(i) || i < this.start) throw new Error('no key for that message (before the share)');
+      if (i - this.start > 10 * MAX_SKIP) throw new Error('too far ahead');
+      let j = Math.min(i, this.highest);
+      while (!this.keys.has(j)) j--;
+      let ck = this.keys.get(j);
+      while (j < i) {
+        ck = (await step(ck)).next;
+        j += 1;
+        if (this.keys.size < MAX_SKIP) this.keys.set(j, ck);
+        if (j > this.highest) this.highest = j;
+      }
+      return (await step(ck)).messageKey;
+    }
+  }
+
+  // When a device must start a new sending chain in a room (the rule, without I/O): none yet,
+  // 100 messages sent on it, a week old, or a member (or a member's device) gone since it began.
+  const ROTATE_MESSAGES = 100;
+  const ROTATE_MS = 7 * 24 * 3600 * 1000;
+  function rotationReason(session, now) {
+    if (!session) return 'none';
+    if (session.stale) return 'member left';
+    if (session.count >= ROTATE_MESSAGES) return 'messages';
+    if (now - session.created >= ROTATE_MS) return 'age';
+    return null;
+  }
+
+  // The bytes an account key signs for each of its devices.
+  function deviceBytes(user, d) {
+    return te.encode(['sc-device-v1', user, d.id, d.dh_alg, d.dh, d.sig_alg, d.sig, d.account_alg, d.account].join('\n'));
+  }
+  function importPublic(alg, b64key, usages) {
+    const params = alg === 'ECDSA' ? { name: 'ECDSA', namedCurve: 'P-256' } : alg === 'ECDH' ? { name: 'ECDH', namedCurve: 'P-256' } : { name: alg };
+    return subtle.importKey('raw', unb64(b64key), params, false, usages);
+  }
+
+  // The pairwise channel between two devices, for key shares: ECDH of the two devices' keys,
+  // HKDF with a fresh salt per message and both devices named in the info, AES-256-GCM with
+  // the same names as associated data, and the sender device's signature over it all.
+  function pairInfo(fromUser, fromDevice, toUser, toDevice) {
+    return 'SecureChat v1 pairwise\n' + fromUser + '/' + fromDevice + '\n' + toUser + '/' + toDevice;
+  }
+  async function pairKey(myDh, theirAlg, theirDh, salt, info) {
+    const pub = await importPublic(theirAlg, theirDh, []);
+    const shared = await subtle.deriveBits({ name: myDh.algorithm.name, public: pub }, myDh, 256);
+    const base = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
+    const bits = new Uint8Array(await subtle.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: salt, info: te.encode(info) }, base, 44 * 8));
+    return { key: await subtle.importKey('raw', bits.slice(0, 32), 'AES-GCM', false, ['encrypt', 'decrypt']), iv: bits.slice(32, 44) };
+  }
+  async function pairSeal(me, them, object) {
+    const salt = new Uint8Array(16);
+    global.crypto.getRandomValues(salt);
+    const info = pairInfo(me.user, me.device, them.user, them.device);
+    const k = await pairKey(me.dh, them.dh_alg, them.dh, salt, info);
+    const ct = b64(await subtle.encrypt({ name: 'AES-GCM', iv: k.iv, additionalData: te.encode(info) }, k.key, te.encode(JSON.stringify(object))));
+    const s = b64(salt);
+    return { v: VERSION, salt: s, ct: ct, sig: await sign(me.sign, te.encode(info + '\n' + s + '\n' + ct)) };
+  }
+  async function pairOpen(me, from, payload) {
+    if (!payload || payload.v !== VERSION || typeof payload.ct !== 'string' || typeof payload.salt !== 'string') throw new Error('unknown payload version');
+    const info = pairInfo(from.user, from.device, me.user, me.device);
+    const sigKey = await importPublic(from.sig_alg, from.sig, ['verify']);
+    if (!(await verify(sigKey, payload.sig, te.encode(info + '\n' + payload.salt + '\n' + payload.ct)))) throw new Error('bad signature');
+    const k = await pairKey(me.dh, from.dh_alg, from.dh, unb64(payload.salt), info);
+    const pt = await subtle.decrypt({ name: 'AES-GCM', iv: k.iv, additionalData: te.encode(info) }, k.key, unb64(payload.ct));
+    return JSON.parse(td.decode(pt));
+  }
+
+  // Safety number of two users (the Signal shape): per user, SHA-512 iterated 5,200 times over
+  // the account key and the name; 30 bytes of it as six 5-digit chunks; the two halves in the
+  // order of the names, so both sides show the same 60 digits.
+  async function fingerprint(user, accountKey) {
+    const key = unb64(accountKey);
+    let h = new Uint8Array(await subtle.digest('SHA-512', concat(concat(new Uint8Array([0, 0]), key), te.encode(user))));
+    for (let n = 1; n < 5200; n++) h = new Uint8Array(await subtle.digest('SHA-512', concat(h, key)));
+    let digits = '';
+    for (let c = 0; c < 6; c++) {
+      let v = 0;
+      for (let b = 0; b < 5; b++) v = v * 256 + h[c * 5 + b];
+      digits += String(v % 100000).padStart(5, '0');
+    }
+    return digits;
+  }
+  async function safetyNumber(userA, keyA, userB, keyB) {
+    const a = await fingerprint(userA, keyA), b = await fingerprint(userB, keyB);
+    const digits = userA < userB ? a + b : b + a;
+    return digits.match(/.{5}/g).join(' ');
+  }
+
+  // Recovery key: 20 random bytes in Crockford's base32, 8 groups of 4 (no I, L, O or U, so it
+  // reads aloud and types back without confusion).
+  const B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+  function newRecoveryKey() {
+    const bytes = new Uint8Array(20);
+    global.crypto.getRandomValues(bytes);
+    let bits = 0, value = 0, out = '';
+    for (let i = 0; i < bytes.length; i++) {
+      value = ((value << 8) | bytes[i]) & 0xffff;
+      bits += 8;
+      while (bits >= 5) { out += B32[(value >>> (bits - 5)) & 31]; bits -= 5; }
+    }
+    return out.match(/.{4}/g).join('-');
+  }
+  function parseRecoveryKey(text) {
+    const s = String(text).toUpperCase().replace(/[\s-]/g, '').replace(/O/g, '0').replace(/[IL]/g, '1');
+    if (s.length !== 32) throw new Error('a recovery key has 32 letters and digits');
+    const out = new Uint8Array(20);
+    let bits = 0, value = 0, n = 0;
+    for (let i = 0; i < s.length; i++) {
+      const v = B32.indexOf(s[i]);
+      if (v < 0) throw new Error('not a recovery key: ' + s[i]);
+      value = ((value << 5) | v) & 0xffff;
+      bits += 5;
+      if (bits >= 8) { out[n++] = (value >>> (bits - 8)) & 255; bits -= 8; }
+    }
+    return out;
+  }
+  // The key that encrypts the user's backup, from the recovery key (random, so HKDF suffices).
+  async function backupKey(recoveryBytes) {
+    const base = await subtle.importKey('raw', recoveryBytes, 'HKDF', false, ['deriveKey']);
+    return subtle.deriveKey({ name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(32), info: te.encode('SecureChat v1 backup') },
+      base, { name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+  }
+  async function boxSeal(key, bytes, label) {
+    const iv = new Uint8Array(12);
+    global.crypto.getRandomValues(iv);
+    return { iv: b64(iv), ct: b64(await subtle.encrypt({ name: 'AES-GCM', iv: iv, additionalData: te.encode(label) }, key, bytes)) };
+  }
+  async function boxOpen(key, box, label) {
+    return new Uint8Array(await subtle.decrypt({ name: 'AES-GCM', iv: unb64(box.iv), additionalData: te.encode(label) }, key, unb64(box.ct)));
+  }
+
+  // A file: a fresh AES-256-GCM key and nonce, both carried inside the encrypted message.
+  async function encryptFile(bytes) {
+    const key = await subtle.generateKey({ name: 'AES-GCM', length: 256 }, true, ['encrypt']);
+    const iv = new Uint8Array(12);
+    global.crypto.getRandomValues(iv);
+    const ct = await subtle.encrypt({ name: 'AES-GCM', iv: iv }, key, bytes);
+    return { ciphertext: new Uint8Array(ct), key: b64(await subtle.exportKey('raw', key)), iv: b64(iv) };
+  }
+  async function decryptFile(ciphertext, keyB64, ivB64) {
+    const key = await subtle.importKey('raw', unb64(keyB64), 'AES-GCM', false, ['decrypt']);
+    return new Uint8Array(await subtle.decrypt({ name: 'AES-GCM', iv: unb64(ivB64) }, key, ciphertext));
+  }
+
   global.SecureChatE2EE = {
+    ChainReader: ChainReader, rotationReason: rotationReason, ROTATE_MESSAGES: ROTATE_MESSAGES, ROTATE_MS: ROTATE_MS,
+    deviceBytes: deviceBytes, importPublic: importPublic, pairKey: pairKey, pairSeal: pairSeal, pairOpen: pairOpen,
+    fingerprint: fingerprint, safetyNumber: safetyNumber, newRecoveryKey: newRecoveryKey, parseRecoveryKey: parseRecoveryKey,
+    backupKey: backupKey, boxSeal: boxSeal, boxOpen: boxOpen, encryptFile: encryptFile, decryptFile: decryptFile,
     VERSION: VERSION, b64: b64, unb64: unb64, concat: concat, hmac: hmac, step: step, messageKeys: messageKeys,
     seal: seal, open: open, sign: sign, verify: verify, signedBytes: signedBytes, aad: aad,
     generateDeviceKeys: generateDeviceKeys, signingAlgorithm: signingAlgorithm, ecdhAlgorithm: ecdhAlgorithm,

@@ -372,9 +372,13 @@ final class GatewayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: responses
 
+    /// The page may run only the scripts it loads from here (each pinned by Subresource
+    /// Integrity in the HTML, scripts/sri), never inline or injected code, and no DOM sink
+    /// that parses strings into markup or script (Trusted Types with no policy). Images may
+    /// be blob: URLs: previews of files decrypted in the page.
     static func securityHeaders(_ headers: inout HTTPHeaders) {
         headers.add(name: "Content-Security-Policy",
-                    value: "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+                    value: "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'")
         headers.add(name: "X-Content-Type-Options", value: "nosniff")
         headers.add(name: "Strict-Transport-Security", value: "max-age=31536000; includeSubDomains")
         headers.add(name: "Referrer-Policy", value: "no-referrer")

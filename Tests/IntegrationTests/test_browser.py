@@ -1,7 +1,9 @@
 """The web client in a real browser: Debian's chromium driven through Debian's
 chromedriver by Selenium. Each test saves a screenshot of its final state in
 test-artifacts/browser/."""
+import base64
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -207,12 +209,40 @@ def test_content_security_policy_blocks_inline_script(deployment, browsers):
     wait(a, connected)
     own = [l for l in a.get_log("browser") if "Content Security Policy" in l["message"]]
     assert own == [], own
-    a.execute_script("""
+    # Trusted Types refuse even to put text into a script element; were it there, CSP would not run it.
+    refused = a.execute_script("""
       var s = document.createElement('script');
-      s.textContent = 'window.__probe = 1';
+      try { s.textContent = 'window.__probe = 1'; } catch (e) { return e.name; }
       document.body.appendChild(s);
+      return null;
     """)
+    assert refused == "TypeError"
     assert a.execute_script("return window.__probe === undefined")
-    blocked = [l for l in a.get_log("browser") if "Content Security Policy" in l["message"]]
+    blocked = [l for l in a.get_log("browser") if "TrustedScript" in l["message"] or "Content Security Policy" in l["message"]]
     assert blocked, "the probe was not reported as blocked"
+    # Subresource Integrity: the page's own style sheet under a wrong pin is refused (a script's
+    # src cannot even be set here: Trusted Types), under its right pin loaded.
+    load = """
+      var done = arguments[arguments.length - 1];
+      var l = document.createElement('link');
+      l.rel = 'stylesheet';
+      l.integrity = arguments[0];
+      l.href = '/static/style.css?probe=' + Math.random();
+      l.onload = function () { done('loaded'); };
+      l.onerror = function () { done('refused'); };
+      document.head.appendChild(l);
+    """
+    assert a.execute_async_script(load, "sha384-" + base64.b64encode(b"x" * 48).decode()) == "refused"
+    right = a.execute_script("return document.querySelector('link[rel=stylesheet]').integrity")
+    assert a.execute_async_script(load, right) == "loaded"
     shot(a, "6-csp")
+
+
+def test_every_page_pins_its_scripts_with_subresource_integrity():
+    # The pins in web/*.html match the files beside them (scripts/sri writes them).
+    out = subprocess.run([os.path.join(ROOT, "scripts", "sri"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for page in ("chat.html", "login.html"):
+        text = open(os.path.join(ROOT, "web", page)).read()
+        tags = re.findall(r'<(?:script|link)[^>]*(?:src|href)="/static/[^"]+\.(?:js|css)"[^>]*>', text)
+        assert tags and all('integrity="sha384-' in t for t in tags), (page, tags)

@@ -17,4 +17,4 @@ def test_crypto_core_against_known_vectors(browsers):
     os.makedirs(ARTIFACTS, exist_ok=True)
     b.save_screenshot(os.path.join(ARTIFACTS, "crypto-tests.png"))
     failed = [r for r in results if not r["ok"]]
-    assert len(results) >= 20 and failed == [], failed
+    assert len(results) >= 34 and failed == [], failed

@@ -38,7 +38,9 @@ def sidebar(b):
 
 
 def open_room(b, room):
-    b.find_element(By.CSS_SELECTOR, '#sidebar button[data-room="%s"]' % room).click()
+    # Found and clicked in one script: the sidebar is redrawn as events arrive.
+    wait(b, lambda x: x.execute_script(
+        "var b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;", '#sidebar button[data-room="%s"]' % room))
     wait(b, lambda x: x.find_element(By.CSS_SELECTOR, '#sidebar li.current button').get_attribute("data-room") == room)
 
 
@@ -133,15 +135,14 @@ def test_dm_edit_delete_react_reply(make_deployment, browsers):
     alice, bob = browsers(), browsers()
     signed_in(alice, d, "alice")
     signed_in(bob, d, "bob")
-    # A dm from bob's name in the online list: encrypted, so no plain text goes into it.
+    # A dm from bob's name in the online list: encrypted (test_browser_e2ee.py has what is said in it).
     wait(alice, lambda x: "bob" in x.find_element(By.ID, "online").text.split("\n"))
     alice.find_element(By.CSS_SELECTOR, '#online button[data-user="bob"]').click()
     wait(alice, lambda x: x.find_element(By.ID, "room-title").text == "@bob")
     assert alice.find_element(By.ID, "e2ee-note").is_displayed()
-    assert not alice.find_element(By.ID, "message-input").is_enabled()
     wait(bob, lambda x: "dm:alice:bob" in sidebar(x))
     assert bob.find_element(By.CSS_SELECTOR, '#sidebar button[data-room="dm:alice:bob"]').text.startswith("@alice")
-    shot(alice, "rooms-4-dm-coming-with-encryption")
+    shot(alice, "rooms-4-dm-encrypted")
     # Lifecycle in the lobby.
     open_room(alice, "lobby")
     send(alice, "the first draft")

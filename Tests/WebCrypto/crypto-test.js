@@ -96,6 +96,100 @@
     return refuses(inbound.decrypt(Object.assign({}, e0, { v: 2 })));
   });
 
+  // ---- keys, sharing, verification, recovery (web/secure.js builds on these) ----
+  const te = new TextEncoder();
+  await check('the safety number matches the vector, the same from both sides, 60 digits in 12 groups', async function () {
+    const S = V.safety;
+    const ab = await E.safetyNumber(S.a, S.key_a, S.b, S.key_b), ba = await E.safetyNumber(S.b, S.key_b, S.a, S.key_a);
+    return ab === S.number && ba === S.number && /^(\d{5} ){11}\d{5}$/.test(ab);
+  });
+  await check('another account key gives another safety number', async function () {
+    const S = V.safety;
+    return (await E.safetyNumber(S.a, S.key_b, S.b, S.key_b)) !== S.number;
+  });
+  await check('the pairwise key (X25519, HKDF) opens the vector share', async function () {
+    const P = V.pairwise;
+    const priv = await crypto.subtle.importKey('pkcs8', E.unb64(P.b_pkcs8), { name: 'X25519' }, false, ['deriveBits']);
+    const k = await E.pairKey(priv, 'X25519', P.a_public, E.unb64(P.salt), P.info);
+    const pt = await crypto.subtle.decrypt({ name: 'AES-GCM', iv: k.iv, additionalData: te.encode(P.info) }, k.key, E.unb64(P.ct));
+    return new TextDecoder().decode(pt) === P.body;
+  });
+  const bobKeys = await E.generateDeviceKeys();
+  const me = { user: 'alice', device: 'A1', dh: alice.ecdh.privateKey, sign: alice.signing.privateKey };
+  const bobEnd = { user: 'bob', device: 'B1', dh: bobKeys.ecdh.privateKey };
+  const aliceSeen = { user: 'alice', device: 'A1', dh_alg: alice.public.dh_alg, dh: alice.public.dh, sig_alg: alice.public.sig_alg, sig: alice.public.sig };
+  const sealedShare = await E.pairSeal(me, { user: 'bob', device: 'B1', dh_alg: bobKeys.public.dh_alg, dh: bobKeys.public.dh }, { t: 'share', sid: 's', ck: 'k', i: 3 });
+  await check('a share over the pairwise channel opens at its device, and carries no key in clear', async function () {
+    const body = await E.pairOpen(bobEnd, aliceSeen, sealedShare);
+    return body.t === 'share' && body.i === 3 && JSON.stringify(sealedShare).indexOf('"ck"') < 0 && sealedShare.v === 1;
+  });
+  await check('a share addressed to another device is refused', async function () {
+    return refuses(E.pairOpen({ user: 'bob', device: 'B2', dh: bobKeys.ecdh.privateKey }, aliceSeen, sealedShare));
+  });
+  await check('a share with a flipped byte is refused', async function () {
+    const bytes = E.unb64(sealedShare.ct);
+    bytes[3] ^= 4;
+    return refuses(E.pairOpen(bobEnd, aliceSeen, Object.assign({}, sealedShare, { ct: E.b64(bytes) })));
+  });
+  await check('a share signed by another device than its sender is refused', async function () {
+    const asMallory = Object.assign({}, aliceSeen, { sig_alg: mallory.public.sig_alg, sig: mallory.public.sig });
+    return refuses(E.pairOpen(bobEnd, asMallory, sealedShare));
+  });
+  await check('an account key signs a device; any field changed fails', async function () {
+    const acct = await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+    const d = Object.assign({ id: 'D1', account_alg: 'Ed25519', account: 'acct' }, alice.public);
+    const sig = await E.sign(acct.privateKey, E.deviceBytes('alice', d));
+    const other = Object.assign({}, d, { dh: bobKeys.public.dh });
+    return (await E.verify(acct.publicKey, sig, E.deviceBytes('alice', d))) &&
+      !(await E.verify(acct.publicKey, sig, E.deviceBytes('alice', other))) &&
+      !(await E.verify(acct.publicKey, sig, E.deviceBytes('mallory', d)));
+  });
+  await check('the recovery key reads back as written, lower case, spaced, with O for 0', async function () {
+    const R = V.recovery;
+    const messy = R.text.toLowerCase().replace(/-/g, ' ').replace(/0/g, 'o');
+    return E.b64(E.parseRecoveryKey(R.text)) === R.bytes && E.b64(E.parseRecoveryKey(messy)) === R.bytes;
+  });
+  await check('a new recovery key has 8 groups of 4 and 160 bits; a mistyped one is refused', async function () {
+    const k = E.newRecoveryKey();
+    return /^([0-9A-HJKMNP-TV-Z]{4}-){7}[0-9A-HJKMNP-TV-Z]{4}$/.test(k) && E.parseRecoveryKey(k).length === 20 &&
+      (await refuses(Promise.resolve().then(function () { return E.parseRecoveryKey(k.slice(0, -1)); }))) &&
+      (await refuses(Promise.resolve().then(function () { return E.parseRecoveryKey(k.slice(0, -1) + 'U'); })));
+  });
+  await check('the backup key of the recovery key opens the vector backup; another key does not', async function () {
+    const R = V.recovery;
+    const key = await E.backupKey(E.unb64(R.bytes));
+    const body = new TextDecoder().decode(await E.boxOpen(key, R.box, 'sc-sessions-v1'));
+    const wrong = await E.backupKey(E.parseRecoveryKey(E.newRecoveryKey()));
+    return body === 'backup body' && (await refuses(E.boxOpen(wrong, R.box, 'sc-sessions-v1'))) &&
+      (await refuses(E.boxOpen(key, R.box, 'sc-account-v1')));
+  });
+  await check('a chain reader gives any message key of the vector chain, in any order, again', async function () {
+    const reader = new E.ChainReader(E.unb64(V.steps[0].chain_key), 0);
+    const order = [2, 0, 1, 2, 0];
+    for (const i of order) if (!same(await reader.messageKey(i), E.unb64(V.steps[i].message_key))) return false;
+    const late = new E.ChainReader(E.unb64(V.steps[1].chain_key), 1);
+    return same(await late.messageKey(2), E.unb64(V.steps[2].message_key)) && (await refuses(late.messageKey(0)));
+  });
+  await check('rotation: none yet, 100 messages, a week, a member gone (fake clock)', async function () {
+    const t = 1700000000000;
+    const fresh = { created: t, count: 0, stale: false };
+    return E.rotationReason(null, t) === 'none' && E.rotationReason(fresh, t + 1000) === null &&
+      E.rotationReason(Object.assign({}, fresh, { count: 99 }), t) === null &&
+      E.rotationReason(Object.assign({}, fresh, { count: 100 }), t) === 'messages' &&
+      E.rotationReason(fresh, t + E.ROTATE_MS - 1) === null && E.rotationReason(fresh, t + E.ROTATE_MS) === 'age' &&
+      E.rotationReason(Object.assign({}, fresh, { stale: true }), t) === 'member left';
+  });
+  await check('a file opens with its own key only, and a flipped byte is refused', async function () {
+    const bytes = te.encode('file body '.repeat(100));
+    const f = await E.encryptFile(bytes);
+    const g = await E.encryptFile(bytes);
+    const back = await E.decryptFile(f.ciphertext, f.key, f.iv);
+    const bad = f.ciphertext.slice();
+    bad[10] ^= 1;
+    return same(back, bytes) && f.ciphertext.length === bytes.length + 16 && f.key !== g.key &&
+      (await refuses(E.decryptFile(f.ciphertext, g.key, f.iv))) && (await refuses(E.decryptFile(bad, f.key, f.iv)));
+  });
+
   window.__results = results;
   window.__done = true;
 })();

@@ -34,5 +34,28 @@ window.VECTORS = {
   }
  ],
  "ed25519_public": "Kay64UG8yvCyLhqU000LxzYeUm0L/hLIl5S8kyKWbdc=",
- "ed25519_signature": "Fxk4NIbNNkCEJlTxJ18g/D1drZNAEznzI+pxFD0exSi//V0RyKRpod7UAr0XM8CKvtHr+2/VxbhemvO/tbpTAA=="
+ "ed25519_signature": "Fxk4NIbNNkCEJlTxJ18g/D1drZNAEznzI+pxFD0exSi//V0RyKRpod7UAr0XM8CKvtHr+2/VxbhemvO/tbpTAA==",
+ "safety": {
+  "a": "alice",
+  "key_a": "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=",
+  "b": "bob",
+  "key_b": "jI2Oj5CRkpOUlZaXmJmam5ydnp+goaKjpKWmp6ipqqs=",
+  "number": "53684 05177 24698 78501 38455 20211 96131 34052 42304 61596 11241 19486"
+ },
+ "pairwise": {
+  "a_public": "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw=",
+  "b_pkcs8": "MC4CAQAwBQYDK2VuBCIEICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj9A",
+  "salt": "AAECAwQFBgcICQoLDA0ODw==",
+  "info": "SecureChat v1 pairwise\nalice/devA\nbob/devB",
+  "body": "{\"t\":\"share\",\"sid\":\"c2lkLWZvci12ZWN0b3JzIQ==\",\"ck\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\",\"i\":7}",
+  "ct": "FpruBPldu9T7/jiAv3V+phINm44FC2oTw5JJJfv9+RSVCdFJXm6bKjr/widK99bfl0Ab0WEHl7ahUaNR5eNz8oteqbejpsXVYpMb1Y/yNY8s9/qLd80/JAVhmJ9Q/dp+et970F2eJqjCg7aNGxdkqOl/swHDtRlu"
+ },
+ "recovery": {
+  "text": "S34W-NJYC-SQ7C-ZM6H-TB9X-9NEP-TZCD-KPPV",
+  "bytes": "yMnKy8zNzs/Q0dLT1NXW19jZ2ts=",
+  "box": {
+   "iv": "AAAAAAAAAAAAAAAA",
+   "ct": "66GtuX8g5nWlbwvl24jjjAAvKoxA91qoazP0"
+  }
+ }
 };
