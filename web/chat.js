@@ -1148,7 +1148,7 @@
     keys = window.SecureChatKeys.create({ user: name, request: ask, onEvent: onKeyEvent });
     // For tests and benchmarks driving the page (a script here can use the keys anyway; the
     // CSP lets no other script run).
-    window.SecureChatPage = { keys: keys };
+    window.SecureChatPage = { keys: keys, request: ask };
     let state;
     try { state = await keys.start(); } catch (e) { keys.state = 'failed'; renderE2EE(); return; }
     if (state === 'new') {
