@@ -90,7 +90,17 @@
     }
     return o.title || o.id;
   }
-  function isEncrypted(r) { return !!(r && r.obj.encrypted); }
+  // Once a room is seen encrypted it stays so here, whatever a later frame says (a server
+  // that could turn the flag off would get plain text); every dm is encrypted.
+  const encryptedRooms = new Set((function () { try { return JSON.parse(store.get('sc.encrypted') || '[]'); } catch (e) { return []; } })());
+  function isEncrypted(r) {
+    if (!r) return false;
+    if ((r.obj.encrypted || r.obj.kind === 'dm' || r.id.startsWith('dm:')) && !encryptedRooms.has(r.id)) {
+      encryptedRooms.add(r.id);
+      store.set('sc.encrypted', JSON.stringify(Array.from(encryptedRooms).slice(-5000)));
+    }
+    return encryptedRooms.has(r.id);
+  }
 
   // ---- sidebar ----------------------------------------------------------
 
@@ -279,6 +289,7 @@
   // the newest edit wins, and per emoji and user the newest reaction event.
   function modify(r, e, m) {
     if (m.kind === 'edit') {
+      if (m.from !== e.from) return;   // only its author edits a message
       if (e.editId && !newer(m.id, e.editId)) return;
       e.editId = m.id;
       e.text = m.text; e.e2ee = m.e2ee; e.edited = true;
@@ -370,7 +381,8 @@
     const env = e.e2ee;
     if (!keys || keys.state !== 'ready') { e.dec = { env: env, state: 'no_keys' }; return; }
     e.dec = { env: env, state: 'pending' };
-    keys.decrypt(r.id, e.from, e.editId || e.id, env).then(function (c) {
+    const expect = e.editId ? { kind: 'edit', edit_of: e.id } : { kind: 'message', reply_to: e.replyTo || null };
+    keys.decrypt(r.id, e.from, e.editId || e.id, env, expect).then(function (c) {
       const file = c.file && typeof c.file === 'object' && typeof c.file.id === 'string' ? c.file : null;
       return { env: env, state: 'ok', text: typeof c.text === 'string' ? c.text : '', file: file };
     }, function (err) {
@@ -460,7 +472,8 @@
       if (!f.key) return new Uint8Array(buf);
       return window.SecureChatE2EE.decryptFile(new Uint8Array(buf), f.key, f.iv);
     }).then(function (bytes) {
-      const type = /^[\w.+-]+\/[\w.+-]+$/.test(String(f.type)) ? String(f.type) : 'application/octet-stream';
+      // Typed only as the images previewed; anything else downloads as bytes.
+      const type = /^image\/(png|jpeg|gif|webp)$/.test(String(f.type)) ? String(f.type) : 'application/octet-stream';
       return new Blob([bytes], { type: type });
     });
     blobs.set(f.id, p);
@@ -495,7 +508,7 @@
       }
       const ref = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
       const frame = { type: 'send', ref: ref, room: roomId };
-      if (secret) frame.e2ee = await sealed(roomId, { text: '', file: { id: answer.id, key: secret.key, iv: secret.iv, name: name, type: type, size: file.size } });
+      if (secret) frame.e2ee = await sealed(roomId, { kind: 'message', text: '', reply_to: null, file: { id: answer.id, key: secret.key, iv: secret.iv, name: name, type: type, size: file.size } });
       else frame.text = '📎 ' + name.slice(0, 200) + ' (' + type + ', ' + file.size + ' bytes) /api/files/' + answer.id;
       pending.set(ref, { room: roomId, text: frame.text, e2ee: frame.e2ee, sentOn: socket });
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
@@ -672,7 +685,7 @@
           if (reply.type === 'error') showRefusal(reply); else { renderMessages(false); refocus(); }
         };
         if (!isEncrypted(r)) { request({ type: 'edit', room: r.id, id: e.id, text: value }, done); return; }
-        sealed(r.id, { text: value }).then(function (env) {
+        sealed(r.id, { kind: 'edit', text: value, edit_of: e.id }).then(function (env) {
           request({ type: 'edit', room: r.id, id: e.id, e2ee: env }, done);
         }, function (err) { showSendError(err.message); });
       }
@@ -1117,7 +1130,7 @@
     // Encrypted: the text never leaves this page; its envelope does, once keys are shared.
     p.encrypting = true;
     p.sentOn = null;
-    sealed(current, { text: text }).then(function (env) {
+    sealed(current, { kind: 'message', text: text, reply_to: frame.reply_to || null }).then(function (env) {
       p.encrypting = false;
       p.e2ee = env;
       if (!pending.has(ref)) return;
@@ -1150,9 +1163,14 @@
     // CSP lets no other script run).
     window.SecureChatPage = { keys: keys, request: ask };
     let state;
-    try { state = await keys.start(); } catch (e) { keys.state = 'failed'; renderE2EE(); return; }
+    try { state = await keys.start(); } catch (e) {
+      // Nothing is decided on an answer not had: tried again on the next connection.
+      keys = null;
+      lobbyNotice('Could not check your encryption keys (' + e.message + '); trying again when reconnected.');
+      renderE2EE();
+      return;
+    }
     if (state === 'new') {
-      await keys.createIdentity(false);
       await keys.publish();
       lobbyNotice('Encryption keys were made for you in this browser. Save your recovery key (the button at the top): without it no other browser of yours can read your encrypted messages.');
     } else if (state === 'ready') {
@@ -1161,6 +1179,7 @@
       showRestore(state);
     }
     renderE2EE();
+    renderKeyWarning();
     retryDecrypts(null);
   }
 
@@ -1191,6 +1210,7 @@
     $('restore-error').hidden = true;
     keys.restore($('restore-key').value).then(function (n) {
       $('restore-dialog').close();
+      renderKeyWarning();
       lobbyNotice('Keys restored from your backup: ' + n + (n === 1 ? ' conversation key.' : ' conversation keys.'));
       return keys.publish();
     }, function (err) {
@@ -1206,7 +1226,7 @@
   $('restore-reset').addEventListener('click', function () {
     if (!window.confirm('Make new keys? Encrypted messages sent before now stay unreadable in every browser of yours without the old recovery key, your other browsers stop working for encrypted rooms, and your contacts see that your keys changed.')) return;
     $('restore-dialog').close();
-    keys.createIdentity(true).then(function () {
+    keys.createIdentity().then(function () {
       showRecovery();
       return keys.publish();
     }).then(function () { renderE2EE(); retryDecrypts(null); }, function (err) { showSendError('Could not make new keys: ' + err.message); });
@@ -1229,20 +1249,23 @@
     $('safety-number').textContent = 'Computing…';
     $('safety-dialog').dataset.user = name;
     $('safety-dialog').showModal();
-    const number = await keys.safetyNumber(name);
+    let found = null;
+    try { found = await keys.safetyNumber(name); } catch (e) { /* shown as none */ }
     const c = keys.contact(name);
-    $('safety-number').textContent = number || 'No keys for ' + name + ' yet: they have not used an encrypted room in a browser.';
+    // What "they match" will confirm: the key this number was computed from, nothing else.
+    $('safety-dialog').dataset.account = found ? found.account : '';
+    $('safety-number').textContent = found ? found.number : 'No keys for ' + name + ' yet: they have not used an encrypted room in a browser.';
     $('safety-state').textContent = !c ? '' : c.changed ? '⚠ Their keys changed since you verified them. This number is of the new keys.'
       : c.verified ? '✓ You verified ' + name + '.' : 'Not verified yet.';
-    $('safety-verify').hidden = !c || (c.verified && !c.changed);
+    $('safety-verify').hidden = !found || !c || (c.verified && !c.changed);
     $('safety-verify').textContent = c && c.changed ? 'The numbers match: accept the new keys' : 'The numbers match: mark as verified';
     $('safety-unverify').hidden = !c || !c.verified || !!c.changed;
   }
   $('verify').addEventListener('click', function () { const r = rooms.get(current); if (r && r.obj.kind === 'dm') showSafety(displayName(r)); });
   $('safety-verify').addEventListener('click', async function () {
-    const name = $('safety-dialog').dataset.user, c = keys.contact(name);
-    if (c && c.changed) await keys.acceptChange(name);
-    await keys.setVerified(name, true);
+    const name = $('safety-dialog').dataset.user, accountKey = $('safety-dialog').dataset.account, c = keys.contact(name);
+    const ok = c && c.changed ? await keys.acceptChange(name, accountKey) : await keys.setVerified(name, true, accountKey);
+    if (!ok) { showSafety(name); return; }   // their keys changed while the number was shown: compare the new one
     $('safety-dialog').close();
   });
   $('safety-unverify').addEventListener('click', async function () {

@@ -350,3 +350,74 @@ def test_an_encrypted_image_is_previewed_and_a_plain_file_is_stored_as_it_is(mak
     send(alice, control)
     assert plain in server_holds(d)
     assert_server_never_saw(d, [], control, secret_bytes=[image])
+
+
+def stream_entries(d, room):
+    """(id, from, kind, body) of every entry of the room's stream."""
+    import subprocess
+    out = subprocess.run(["redis-cli", "-s", os.path.join(d.state, "redis.sock"), "--json", "XRANGE", "sc:room:%s:stream" % room, "-", "+"],
+                         capture_output=True, text=True, check=True).stdout
+    import json
+    entries = []
+    for entry_id, fields in json.loads(out):
+        f = dict(zip(fields[::2], fields[1::2]))
+        entries.append((entry_id, f["from"], f["k"], f["b"]))
+    return entries
+
+
+def test_two_tabs_of_one_browser_never_send_on_the_same_message_key(make_deployment, browsers):
+    d = rooms_deployment(make_deployment)
+    alice, bob = browsers(), browsers()
+    signed_in_new(alice, d, "alice")
+    signed_in_new(bob, d, "bob")
+    room = create_encrypted_room(alice, "tabs", ["bob"])
+    first = alice.current_window_handle
+    alice.switch_to.new_window("tab")
+    second = alice.current_window_handle
+    alice.get(d.base + "/chat")
+    wait(alice, keys_ready, timeout=20)
+    open_room(alice, room)
+    sent = []
+    for k in range(6):
+        alice.switch_to.window(first if k % 2 == 0 else second)
+        sent.append(secret("tab%d" % k))
+        # Both tabs encrypt at once: one in flight while the other starts.
+        alice.execute_script("""
+          document.getElementById('message-input').value = arguments[0];
+          document.getElementById('send-form').requestSubmit();""", sent[-1])
+    wait(bob, lambda x: x.find_elements(By.CSS_SELECTOR, '#sidebar button[data-room="%s"]' % room))
+    open_room(bob, room)
+    for t in sent:
+        read(bob, t)
+    import json
+    pairs = [(e["sid"], e["i"]) for e in (json.loads("{" + b + "}")["e2ee"] for _, _, k, b in stream_entries(d, room) if k == "text")]
+    assert len(pairs) == 6 and len(set(pairs)) == 6, pairs
+    control = secret("plain-lobby")
+    open_room(bob, "lobby")
+    send(bob, control)
+    assert_server_never_saw(d, sent, control)
+
+
+def test_a_server_that_replays_or_injects_messages_is_caught(make_deployment, browsers):
+    d = rooms_deployment(make_deployment)
+    alice, bob = browsers(), browsers()
+    signed_in_new(alice, d, "alice")
+    signed_in_new(bob, d, "bob")
+    room = create_encrypted_room(alice, "watched", ["bob"])
+    wait(bob, lambda x: x.find_elements(By.CSS_SELECTOR, '#sidebar button[data-room="%s"]' % room))
+    open_room(bob, room)
+    s1 = secret("original")
+    send(alice, s1)
+    read(bob, s1)
+    # The server (here: whoever writes to its Redis) replays alice's envelope as a new
+    # message, and slips a plain text into the encrypted room under her name.
+    (_, sender, kind, body), = [e for e in stream_entries(d, room) if e[2] == "text"]
+    stream = "sc:room:%s:stream" % room
+    d.redis("XADD", stream, "*", "from", sender, "k", kind, "b", body)
+    d.redis("XADD", stream, "*", "from", "alice", "k", "text", "b", '"text":"injected by the server"')
+    bob.refresh()
+    wait(bob, keys_ready, timeout=20)
+    open_room(bob, room)
+    wait(bob, lambda x: e2ee_states(x) == ["ok", "bad", "unencrypted"], timeout=20)
+    shown = messages(bob)
+    assert shown.count(s1) == 1 and "injected by the server" not in shown, shown

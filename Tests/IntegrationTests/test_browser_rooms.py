@@ -41,7 +41,8 @@ def open_room(b, room):
     # Found and clicked in one script: the sidebar is redrawn as events arrive.
     wait(b, lambda x: x.execute_script(
         "var b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;", '#sidebar button[data-room="%s"]' % room))
-    wait(b, lambda x: x.find_element(By.CSS_SELECTOR, '#sidebar li.current button').get_attribute("data-room") == room)
+    wait(b, lambda x: x.execute_script(
+        "var b = document.querySelector('#sidebar li.current button'); return b ? b.dataset.room : null;") == room)
 
 
 def row(b, text):
