@@ -776,13 +776,22 @@
       const x = event.target.closest('button[data-remove]');
       if (x) {
         const name = x.dataset.remove, roomId = current;
-        if (window.confirm('Remove ' + name + ' from this room?')) request({ type: 'remove', room: roomId, user: name }, showRefusal);
+        if (window.confirm('Remove ' + name + ' from this room?')) removeMember(roomId, name).then(showRefusal);
         return;
       }
       const b = event.target.closest('button[data-user]');
       if (b && b.dataset.user !== user) openDM(b.dataset.user);
     });
   });
+
+  // The chain of an encrypted room is made stale as soon as the removal is answered, before
+  // the `member` event arrives: a message typed right after must not go on the old chain.
+  function removeMember(roomId, name) {
+    return ask({ type: 'remove', room: roomId, user: name }).then(function (reply) {
+      if (reply.type !== 'ok' || !keys) return reply;
+      return keys.onMember(roomId, name, false).then(function () { return reply; }, function () { return reply; });
+    });
+  }
 
   function openDM(name) {
     request({ type: 'open_dm', user: name }, function (reply) {
@@ -1161,7 +1170,7 @@
     keys = window.SecureChatKeys.create({ user: name, request: ask, onEvent: onKeyEvent });
     // For tests and benchmarks driving the page (a script here can use the keys anyway; the
     // CSP lets no other script run).
-    window.SecureChatPage = { keys: keys, request: ask };
+    window.SecureChatPage = { keys: keys, request: ask, removeMember: removeMember };
     let state;
     try { state = await keys.start(); } catch (e) {
       // Nothing is decided on an answer not had: tried again on the next connection.

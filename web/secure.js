@@ -370,7 +370,7 @@
       if (!c || !c.changed || c.changed !== accountKey) return false;
       await pin(name, accountKey, true);
       directory.delete(name);
-      for (const s of outbound.values()) { s.stale = true; await db.put('out:' + s.room, s); }
+      for (const room of Array.from(outbound.keys())) await api.onMember(room, name, false);
       emit({ type: 'verified', user: name });
       retryHeld();
       return true;
@@ -386,10 +386,14 @@
 
     // Membership: a member gone makes the room's chain stale (a removed member must not read
     // what follows).
-    api.onMember = async function (room, name, joined) {
+    api.onMember = function (room, name, joined) {
       members.delete(room);
-      const s = outbound.get(room);
-      if (s && !joined) { s.stale = true; await db.put('out:' + room, s); }
+      if (joined) return Promise.resolve();
+      return locked('send:' + room, async function () {
+        members.delete(room);
+        const s = await db.get('out:' + room);
+        if (s) { s.stale = true; await db.put('out:' + room, s); outbound.set(room, s); }
+      });
     };
     api.forgetRoom = async function (room) {
       members.delete(room);
