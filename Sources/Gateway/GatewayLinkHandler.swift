@@ -37,13 +37,15 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     private var lastInbound = NIODeadline.now()
     private var pingTask: RepeatedTask?
     private var pingCount: UInt64 = 0
-    /// A ping every `pingInterval`; a worker silent for `deadAfter` is gone (a cut network
-    /// link closes nothing by itself) and its streams get 1012.
-    static let pingInterval = TimeAmount.seconds(2)
-    static let deadAfter = TimeAmount.seconds(10)
+    /// A ping every fifth of `deadAfter`; a worker silent for `deadAfter` is gone (a cut network
+    /// link closes nothing by itself) and its streams get 1012 (`--worker-link-timeout-ms`).
+    private let pingInterval: TimeAmount
+    private let deadAfter: TimeAmount
 
     init(workerID: String, gatewayID: String, auth: LinkAuth, logger: Logger, ready: EventLoopPromise<Void>,
-         flusher: FlushCoalescer, onClose: @escaping @Sendable () -> Void) throws {
+         flusher: FlushCoalescer, deadAfter: TimeAmount, onClose: @escaping @Sendable () -> Void) throws {
+        self.deadAfter = deadAfter
+        self.pingInterval = max(.milliseconds(100), .nanoseconds(deadAfter.nanoseconds / 5))
         self.workerID = workerID
         self.flusher = flusher
         self.gatewayID = gatewayID
@@ -115,7 +117,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
             Telemetry.workerLinksOpened.increment()
             logger.debug("worker link up")
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: Self.pingInterval, delay: Self.pingInterval) { _ in
+            pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: pingInterval, delay: pingInterval) { _ in
                 bound.value.keepalive()
             }
             ready.succeed(())
@@ -157,7 +159,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
 
     private func keepalive() {
         guard let context else { return }
-        if NIODeadline.now() - lastInbound > Self.deadAfter {
+        if NIODeadline.now() - lastInbound > deadAfter {
             logger.warning("worker link silent; closing it")
             context.close(promise: nil)
             return
@@ -276,6 +278,9 @@ final class FlushCoalescer {
 final class GatewayLinks: Sendable {
     private final class Table {
         var links: [String: EventLoopFuture<NIOLoopBound<GatewayLinkHandler>>] = [:]
+        /// Workers whose link just failed or went silent: new streams skip them until then
+        /// (the coordinator may route to them until their lease runs out).
+        var downUntil: [String: NIODeadline] = [:]
         let flusher: FlushCoalescer
         let keepalive: StreamKeepalive
         init(flusher: FlushCoalescer, keepalive: StreamKeepalive) {
@@ -288,9 +293,11 @@ final class GatewayLinks: Sendable {
     private let gatewayID: String
     private let auth: LinkAuth
     private let logger: Logger
+    private let deadAfter: TimeAmount
 
     init(group: EventLoopGroup, gatewayID: String, auth: LinkAuth, logger: Logger, flushDelay: TimeAmount = .zero,
-         pingInterval: TimeAmount = .seconds(30)) {
+         pingInterval: TimeAmount = .seconds(30), linkTimeout: TimeAmount = .seconds(10)) {
+        self.deadAfter = linkTimeout
         var tables: [ObjectIdentifier: NIOLoopBoundBox<Table>] = [:]
         for loop in group.makeIterator() {
             tables[ObjectIdentifier(loop)] = .makeBoxSendingValue(
@@ -313,6 +320,10 @@ final class GatewayLinks: Sendable {
     /// The handler comes loop-bound: it is only ever touched on `loop`.
     func link(worker: String, endpoint: Endpoint, on loop: EventLoop) -> EventLoopFuture<NIOLoopBound<GatewayLinkHandler>> {
         guard let table = tables[ObjectIdentifier(loop)] else { return loop.makeFailedFuture(LinkDown()) }
+        if let until = table.value.downUntil[worker] {
+            if NIODeadline.now() < until { return loop.makeFailedFuture(LinkDown()) }
+            table.value.downUntil.removeValue(forKey: worker)
+        }
         if let existing = table.value.links[worker] {
             return existing.flatMapThrowing { link in
                 guard link.value.isUsable else { throw LinkDown() }
@@ -320,17 +331,20 @@ final class GatewayLinks: Sendable {
             }
         }
         let ready = loop.makePromise(of: Void.self)
-        let gatewayID = self.gatewayID, auth = self.auth, logger = self.logger
+        let gatewayID = self.gatewayID, auth = self.auth, logger = self.logger, deadAfter = self.deadAfter
         let forget: @Sendable () -> Void = {
-            loop.execute { table.value.links.removeValue(forKey: worker) }
+            loop.execute {
+                table.value.links.removeValue(forKey: worker)
+                table.value.downUntil[worker] = .now() + .seconds(3)
+            }
         }
         let connected = ClientBootstrap(group: loop)
-            .connectTimeout(.seconds(2))
+            .connectTimeout(min(.seconds(2), deadAfter))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     let handler = try GatewayLinkHandler(workerID: worker, gatewayID: gatewayID, auth: auth, logger: logger,
-                                                         ready: ready, flusher: table.value.flusher, onClose: forget)
+                                                         ready: ready, flusher: table.value.flusher, deadAfter: deadAfter, onClose: forget)
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(LinkFrameDecoder()),
                         MessageToByteHandler(LinkFrameEncoder()),

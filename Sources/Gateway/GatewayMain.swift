@@ -25,6 +25,9 @@ enum GatewayMain {
       --max-queued-frames N, --max-queued-bytes N         per-client outgoing queue (default 1024, 1048576)
       --flush-coalesce-ms D      flush a loop's clients at most once per D ms under load (default 10; 0 off)
       --ping-seconds S           WebSocket keepalive interval (default 30)
+      --worker-link-timeout-ms N a worker link silent this long is gone: its clients get 1012 and
+                                 reconnect to another worker, which new streams prefer for 3 s (default
+                                 10000; pinged every fifth of it)
       --request-timeout-seconds S   time for one whole request, TLS handshake included (default 10)
       --max-file-bytes N         largest upload to POST /api/files (default 10485760)
       --files-quota-bytes N      bytes all stored files may take in Redis, as base64 (default 1073741824)
@@ -45,7 +48,7 @@ enum GatewayMain {
         let stateDir = options.string("state-dir", default: ".state")
         let host = options.string("host", default: "0.0.0.0")
         let port: Int, idle: Int, absolute: Int, requestTimeout: Double, pingSeconds: Double, maxQueued: Int, maxQueuedBytes: Int
-        let flushCoalesceMs: Double, loops: Int, maxLogins: Int
+        let flushCoalesceMs: Double, loops: Int, maxLogins: Int, linkTimeoutMs: Int
         let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let tls: NIOSSLContext
@@ -56,7 +59,7 @@ enum GatewayMain {
             try options.refuseUnknown(["allow-demo-users", "cert", "key", "host", "port", "id", "users-file", "web-dir", "public-origin",
                                        "flush-coalesce-ms", "max-logins-in-flight", "max-queued-bytes", "max-queued-frames",
                                        "ping-seconds", "proxy-protocol", "request-timeout-seconds", "worker-header", "event-loops",
-                                       "max-file-bytes", "files-quota-bytes"])
+                                       "max-file-bytes", "files-quota-bytes", "worker-link-timeout-ms"])
             fileLimits.maxBytes = try options.int("max-file-bytes", default: 10 << 20)
             fileLimits.quotaBytes = try options.int("files-quota-bytes", default: 1 << 30)
             guard fileLimits.maxBytes > 0, fileLimits.maxBytes <= 64 << 20, fileLimits.quotaBytes > 0 else {
@@ -65,6 +68,8 @@ enum GatewayMain {
             port = try options.int("port", default: 5001)
             requestTimeout = try options.double("request-timeout-seconds", default: 10)
             pingSeconds = try options.double("ping-seconds", default: 30)
+            linkTimeoutMs = try options.int("worker-link-timeout-ms", default: 10_000)
+            guard (200...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--worker-link-timeout-ms must be 200...600000") }
             guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
             maxQueued = try options.int("max-queued-frames", default: 1024)
             maxQueuedBytes = try options.int("max-queued-bytes", default: 1 << 20)
@@ -118,7 +123,8 @@ enum GatewayMain {
             connections: ConnectionRegistry(),
             links: GatewayLinks(group: group, gatewayID: gatewayID, auth: LinkAuth(secret: options.string("cluster-secret")), logger: logger,
                                 flushDelay: .microseconds(Int64(flushCoalesceMs * 1000)),
-                                pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
+                                pingInterval: .milliseconds(Int64(pingSeconds * 1000)),
+                                linkTimeout: .milliseconds(Int64(linkTimeoutMs))),
             streamLimits: StreamLimits(maxQueuedFrames: maxQueued, maxQueuedBytes: maxQueuedBytes,
                                        pingInterval: .milliseconds(Int64(pingSeconds * 1000))),
             logins: LoginGate(limit: maxLogins),

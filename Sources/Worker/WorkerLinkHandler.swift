@@ -16,6 +16,9 @@ struct WorkerContext: Sendable {
     let maxHeldFrames: Int
     let sessions: SessionStore
     let auth: LinkAuth
+    /// A gateway link silent this long is gone (`--gateway-link-timeout-ms`; gateways ping
+    /// every fifth of their own timeout).
+    var linkTimeout: TimeAmount = .seconds(15)
 }
 
 /// One gateway link: the handshake, then every client stream the gateway opens on it.
@@ -396,8 +399,8 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     private var unwritableSince = NIODeadline.now()
 
     private func tick() {
-        // The gateway pings every 2 s: a link silent for 15 s is gone (a cut network closes nothing).
-        if !readingPaused, NIODeadline.now() - lastInbound > .seconds(15), let context {
+        // The gateway pings (every 2 s by default): a silent link is gone (a cut network closes nothing).
+        if !readingPaused, NIODeadline.now() - lastInbound > ctx.linkTimeout, let context {
             logger.warning("gateway link silent; closing it")
             context.close(promise: nil)
             return

@@ -20,6 +20,9 @@ enum WorkerMain {
       --history N                messages in welcome (default 50)
       --history-max N            messages kept per room (default 10000)
       --max-queued-frames N      live messages a stream may hold during a sync replay (default 1024)
+      --gateway-link-timeout-ms N  a gateway link silent this long is gone, with its streams (default
+                                 15000; keep it above the gateways' ping, a fifth of their
+                                 --worker-link-timeout-ms)
       --session-idle-seconds N, --session-max-seconds N   session lifetimes (default 43200, 604800)
       --admins A,B               deployment admins: remove members, change rooms and delete messages in
                                  any room but dms (default admin)
@@ -39,11 +42,12 @@ enum WorkerMain {
         let workerID = options.string("id", default: "worker-\(getpid())")
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
-        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int
+        let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int, linkTimeoutMs: Int
         var roomLimits = RoomStore.Limits()
         do {
             try options.refuseUnknown(["advertise", "history", "history-max", "id", "listen", "max-queued-frames", "event-loops",
-                                       "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members"])
+                                       "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members",
+                                       "gateway-link-timeout-ms"])
             roomLimits.roomsPerUser = try options.int("max-rooms-per-user", default: 500)
             roomLimits.creationsPerHour = try options.int("room-creations-per-hour", default: 10)
             roomLimits.privateMembers = try options.int("max-private-members", default: 1000)
@@ -63,6 +67,8 @@ enum WorkerMain {
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             maxQueued = try options.int("max-queued-frames", default: 1024)
+            linkTimeoutMs = try options.int("gateway-link-timeout-ms", default: 15_000)
+            guard (200...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--gateway-link-timeout-ms must be 200...600000") }
             loops = try options.eventLoops()
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
                 throw Options.Invalid("--history must be 1...1000 and no more than --history-max")
@@ -100,7 +106,8 @@ enum WorkerMain {
             limiter: RateLimiterClient(link: coordinator, limits: limits, logger: logger),
             coordinator: coordinator, logger: logger, maxHeldFrames: maxQueued,
             sessions: SessionStore(redis: redis, idleSeconds: idle, absoluteSeconds: absolute),
-            auth: LinkAuth(secret: options.string("cluster-secret"))
+            auth: LinkAuth(secret: options.string("cluster-secret")),
+            linkTimeout: .milliseconds(Int64(linkTimeoutMs))
         )
         let roomPrefix = RoomStore.roomChannelPrefix, userPrefix = RoomStore.userChannelPrefix
         let subscriber = RedisSubscriber(

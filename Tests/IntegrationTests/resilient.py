@@ -4,6 +4,7 @@ id once and in order, and resends unacknowledged messages with the same ref.
 Used by the fault-injection tests and the chaos run."""
 import asyncio
 import json
+import os
 import random
 import time
 
@@ -29,7 +30,9 @@ class ResilientClient:
         self.live = asyncio.Event()
         self.down_since = None
         self.outages = []          # seconds from losing a connection to being live (synced) again
+        self.live_at = []          # monotonic times it went live (synced)
         self.seq = 0
+        self.token = os.urandom(4).hex()
         self.stop = False
         self.logged_out = False
 
@@ -41,7 +44,8 @@ class ResilientClient:
 
     async def _connect(self):
         headers = {"Cookie": "__Host-sc_session=" + self.cookie, "Origin": self.deployment.origin}
-        return await websockets.connect("wss://127.0.0.1:%d/ws" % self.deployment.port,
+        host = getattr(self.deployment, "host", "127.0.0.1")
+        return await websockets.connect("wss://%s:%d/ws" % (host, self.deployment.port),
                                         ssl=self.deployment.ssl_context(), additional_headers=headers,
                                         open_timeout=5, ping_interval=None, max_size=2 ** 22)
 
@@ -117,6 +121,7 @@ class ResilientClient:
                 (self.online.add if f["online"] else self.online.discard)(f["user"])
 
     def _went_live(self):
+        self.live_at.append(time.monotonic())
         if self.down_since is not None:
             self.outages.append(time.monotonic() - self.down_since)
             self.down_since = None
@@ -135,7 +140,9 @@ class ResilientClient:
 
     async def send(self, text):
         self.seq += 1
-        ref = "%s-%d" % (self.name, self.seq)
+        # Unique across clients of the same name and runs against the same Redis (the server
+        # answers a ref it saw in the last 180 s with the first message's ack).
+        ref = "%s-%s-%d" % (self.name, self.token, self.seq)
         self.pending[ref] = text
         if self.live.is_set():
             await self._send_raw(ref, text)

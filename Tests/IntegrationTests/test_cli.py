@@ -39,3 +39,15 @@ def test_unknown_flags_are_refused_by_name(command):
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "unknown flag --wrokers" in out.stdout + out.stderr
     assert not os.path.exists(os.path.join(state, "redis.sock")) and not os.path.exists(os.path.join(state, "tls"))
+
+
+@pytest.mark.parametrize("script", ["multihost", "sri"])
+def test_scripts_answer_help_and_refuse_unknown_arguments(script):
+    from conftest import ROOT
+    path = os.path.join(ROOT, "scripts", script)
+    for flag in ("--help", "-h"):
+        out = subprocess.run([path, flag], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stderr == "", out.stderr
+        assert ("scripts/" + script) in out.stdout
+    out = subprocess.run([path, "--wrokers"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "unknown argument --wrokers" in out.stderr, (out.stdout, out.stderr)

@@ -22,7 +22,8 @@ class Client:
         headers = {"Cookie": "__Host-sc_session=" + session.cookies["__Host-sc_session"]}
         if origin:
             headers["Origin"] = deployment.origin
-        ws = await websockets.connect("wss://127.0.0.1:%d/ws" % deployment.port, ssl=deployment.ssl_context(),
+        host = getattr(deployment, "host", "127.0.0.1")
+        ws = await websockets.connect("wss://%s:%d/ws" % (host, deployment.port), ssl=deployment.ssl_context(),
                                       additional_headers=headers, max_size=2 ** 22, open_timeout=10)
         c = cls(ws)
         if expect_welcome:

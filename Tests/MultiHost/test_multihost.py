@@ -1,0 +1,127 @@
+"""SecureChat across hosts (network namespaces made by scripts/multihost): chat between
+users on different gateways and workers with presence and limits held globally; a worker
+host cut off; a gateway host cut off. Each prints its figures."""
+import asyncio
+import time
+
+from conftest import mended  # noqa: F401
+from resilient import ResilientClient, wait_until
+from wsclient import Client, id_key, run
+
+
+def test_chat_across_hosts_with_global_presence_and_limits(cluster):
+    names = ["alice", "bob", "carol", "dave"]
+    delivered_before = {g: cluster.metric(g, "securechat_deliveries_total") for g in ("gw1", "gw2")}
+
+    async def scenario():
+        clients = []
+        for n in names:
+            for _ in range(3):
+                clients.append((n, await Client.connect(cluster, cluster.login(n))))
+        workers = {c.worker for _, c in clients}
+        # Everyone online everywhere: the last to connect sees all four.
+        last = clients[-1][1]
+        assert set(names) <= set(last.welcome["online"]), last.welcome["online"]
+        for n, c in clients[:4]:
+            ack = await c.send_text("hello from %s on %s" % (n, c.worker))
+            assert ack["type"] == "ack", ack
+        for n, c in clients:
+            got = set()
+            while len(got) < 4:
+                f = await c.wait_for(lambda f: f["type"] == "message", timeout=10)
+                got.add(f["text"])
+        # The request limit is one per user across every worker and gateway (60, then 10/s):
+        # alice's three connections, on different workers, share it.
+        alices = [c for n, c in clients if n == "alice"]
+        started = time.monotonic()
+        ok = refused = 0
+        for k in range(150):
+            c = alices[k % len(alices)]
+            ref = "d%d" % k
+            await c.send({"type": "directory", "query": "", "ref": ref})
+            f = await c.wait_for(lambda f: f.get("ref") == ref, timeout=10)
+            if f["type"] == "error" and f["code"] == "rate_limited":
+                refused += 1
+            else:
+                ok += 1
+        elapsed = time.monotonic() - started
+        for _, c in clients:
+            await c.ws.close()
+        return workers, ok, refused, elapsed
+
+    workers, ok, refused, elapsed = run(scenario())
+    delivered = {g: cluster.metric(g, "securechat_deliveries_total") - delivered_before[g] for g in ("gw1", "gw2")}
+    print("\n[chat across hosts] 12 connections on workers %s; deliveries by gateway %s; "
+          "request limit: %d allowed, %d refused in %.2f s across %d workers"
+          % (sorted(workers), delivered, ok, refused, elapsed, len(workers)))
+    assert len(workers) >= 2
+    assert all(v > 0 for v in delivered.values()), delivered
+    # 60 of burst plus 10 a second: not three times that, as three separate limits would allow.
+    assert refused > 0 and ok <= 60 + 10 * elapsed + 5, (ok, elapsed)
+
+
+def resilient_scenario(cluster, victim_host, names, per_sender=40, expect_victims=True):
+    senders = [ResilientClient(cluster, cluster.login(n), n) for n in names[:3]]
+    receivers = [ResilientClient(cluster, cluster.login(names[3]), "%s-%d" % (names[3], i)) for i in range(6)]
+    clients = senders + receivers
+    out = {}
+
+    async def scenario():
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        await wait_until(lambda: all(c.live.is_set() for c in clients), 20, "all clients live")
+
+        async def traffic(c):
+            for i in range(per_sender):
+                await c.send("%s says %d" % (c.name, i))
+                await asyncio.sleep(0.05)
+        load = [asyncio.create_task(traffic(s)) for s in senders]
+        await wait_until(lambda: sum(len(s.acked) for s in senders) >= 20, 20, "traffic flowing")
+        if victim_host.startswith("w"):
+            on_victim = [c for c in clients if c.workers[-1] == victim_host]
+        else:
+            on_victim = list(clients)   # who went through which gateway is HAProxy's to know
+        cut_at = time.monotonic()
+        cluster.cut(victim_host)
+        await asyncio.gather(*load)
+        await wait_until(lambda: all(not s.pending for s in senders), 60, "every send acknowledged")
+        acked = sorted({i for s in senders for i in s.acked.values()}, key=id_key)
+        assert len(acked) == per_sender * len(senders)
+        await wait_until(lambda: all(set(r.shown) >= set(acked) for r in clients), 60, "every client has every message")
+        for c in clients:
+            mine = [i for i in c.shown if i in set(acked)]
+            assert mine == acked, c.name            # no gap, nothing twice, in order
+            assert len(c.shown) == len(set(c.shown))
+        moved = [c for c in on_victim if any(t > cut_at for t in c.live_at)]
+        out["victims"] = len(moved)
+        out["back_after"] = sorted(round(min(t for t in c.live_at if t > cut_at) - cut_at, 2) for c in moved)
+        out["workers_after"] = sorted({c.workers[-1] for c in moved})
+        for c in clients:
+            c.stop = True
+            if c.ws:
+                await c.ws.close()
+        for t in tasks:
+            t.cancel()
+
+    try:
+        run(scenario())
+    finally:
+        mended(cluster, victim_host)
+    return out
+
+
+def test_a_worker_host_cut_off_its_clients_are_back_on_other_workers_within_3s(cluster):
+    out = resilient_scenario(cluster, "w1", ["alice", "bob", "carol", "dave"])
+    print("\n[worker host w1 cut] %d clients moved to %s; back after (s from the cut): %s"
+          % (out["victims"], out["workers_after"], out["back_after"]))
+    assert out["victims"] > 0, "nobody was on w1"
+    assert "w1" not in out["workers_after"]
+    assert max(out["back_after"]) <= 3.0, out["back_after"]
+
+
+def test_a_gateway_host_cut_off_haproxy_sends_its_clients_to_the_other(cluster):
+    delivered_before = cluster.metric("gw2", "securechat_deliveries_total")
+    out = resilient_scenario(cluster, "gw1", ["bob", "carol", "dave", "alice"])
+    print("\n[gateway host gw1 cut] %d clients reconnected; back after (s from the cut): %s"
+          % (out["victims"], out["back_after"]))
+    assert out["victims"] > 0, "nobody was on gw1"
+    assert cluster.metric("gw2", "securechat_deliveries_total") > delivered_before
