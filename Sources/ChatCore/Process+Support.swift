@@ -33,6 +33,10 @@ public enum ProcessSupport {
                                  its password (prefer the environment for the password)
       --redis-tls-ca PEM         TLS to Redis, its certificate checked against this CA (rediss:// URLs
                                  use TLS too, with the system's roots unless this is given)
+      --redis-sentinels LIST     host:port of Redis Sentinels, comma-separated: each connection goes to the
+                                 primary they name (its ROLE checked), and follows +switch-master and
+                                 READONLY to the next one; --redis-url is then unused
+      --redis-master-name NAME   the primary's name at the Sentinels (default sc)
       --coordinator ADDR         coordinator socket path or host:port (default <state-dir>/coordinator.sock)
       --cluster-secret S         secret every internal link proves (prefer the environment)
       --msg-burst N, --msg-per-second R        per-user message limit (default 5, 1)

@@ -8,11 +8,13 @@ import ServiceLifecycle
 /// Errors from the Redis client. `unavailable` means no connection right now:
 /// callers answer with a temporary error (HTTP 503, `error` code `unavailable`).
 public struct RedisError: Error, CustomStringConvertible, Equatable {
-    private enum Code: Equatable { case unavailable, timeout, server(String), unexpected }
+    private enum Code: Equatable { case unavailable, timeout, server(String), unexpected, notReplicated }
     private let code: Code
     public static let unavailable = RedisError(code: .unavailable)
     public static let timeout = RedisError(code: .timeout)
     public static let unexpectedReply = RedisError(code: .unexpected)
+    /// Stored on the primary, but no replica confirmed it in time (`WAIT`): not acknowledged.
+    public static let notReplicated = RedisError(code: .notReplicated)
     public static func server(_ message: String) -> RedisError { RedisError(code: .server(message)) }
 
     public var isNoScript: Bool {
@@ -26,6 +28,7 @@ public struct RedisError: Error, CustomStringConvertible, Equatable {
         case .timeout: return "redis timeout"
         case let .server(m): return "redis error: \(m)"
         case .unexpected: return "unexpected redis reply"
+        case .notReplicated: return "redis: no replica confirmed the write in time"
         }
     }
 }
@@ -97,9 +100,12 @@ public struct RedisTLS: Sendable {
     }
 }
 
-/// as it runs. Commands fail fast with `RedisError.unavailable` while it is down.
+/// as it runs. Commands fail fast with `RedisError.unavailable` while it is down. With
+/// Sentinels (`locator`) each connection goes to the primary they name and checks `ROLE`
+/// first; a `READONLY` reply (the node was demoted) drops the connection to look again.
 public final class RedisClient: Service, Sendable {
     public let endpoint: Endpoint
+    public let locator: RedisLocator
     private let group: EventLoopGroup
     private let logger: Logger
     private let commandTimeout: TimeAmount
@@ -110,7 +116,8 @@ public final class RedisClient: Service, Sendable {
     private let channel = NIOLockedValueBox<Channel?>(nil)
 
     public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, group: EventLoopGroup, logger: Logger,
-                commandTimeout: TimeAmount = .seconds(5)) {
+                commandTimeout: TimeAmount = .seconds(5), locator: RedisLocator? = nil) {
+        self.locator = locator ?? RedisLocator(fixed: endpoint)
         self.user = user
         self.tls = tls
         self.endpoint = endpoint
@@ -133,9 +140,11 @@ public final class RedisClient: Service, Sendable {
 
     public func run() async throws {
         let endpoint = self.endpoint, group = self.group, password = self.password, user = self.user, tls = self.tls
+        let locator = self.locator, logger = self.logger
         await Reconnector(what: "redis", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: channel).run(
             connect: {
-                try await Self.connect(endpoint: endpoint, group: group) { ch in
+                let target = try await locator.primary(group: group, logger: logger)
+                return try await Self.connect(endpoint: target, group: group) { ch in
                     if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RESPDecoder()),
@@ -145,12 +154,26 @@ public final class RedisClient: Service, Sendable {
                 }
             },
             established: { [logger] _ in
-                guard let password else { return }
-                do { try await self.send(RedisClient.authCommand(user: user, password: password)) } catch {
-                    logger.error("redis refused the password", metadata: ["redis": "\(endpoint)"])
-                    throw error
+                if let password {
+                    do { try await self.send(RedisClient.authCommand(user: user, password: password)) } catch {
+                        logger.error("redis refused the password", metadata: ["redis": "\(endpoint)"])
+                        throw error
+                    }
+                }
+                if locator.usesSentinels {
+                    // Sentinels may name a node that is no longer (or not yet) the primary.
+                    let role = try await self.send(["ROLE"])
+                    guard role.array?.first?.string == "master" else {
+                        logger.warning("the node Sentinel named is not the primary; asking again")
+                        throw RedisError.unavailable
+                    }
                 }
             })
+    }
+
+    /// Drops the connection (the next one asks the Sentinels again): after `+switch-master`.
+    public func reconnect() {
+        channel.withLockedValue { $0 }?.close(promise: nil)
     }
 
     private func close() {
@@ -181,9 +204,11 @@ public final class RedisClient: Service, Sendable {
             ch.close(promise: nil)
         }
         let started = NIODeadline.now()
-        promise.futureResult.whenComplete { _ in
+        promise.futureResult.whenComplete { result in
             timeout.cancel()
             Telemetry.redisRoundTrip.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
+            // A demoted primary refuses writes: find the new one.
+            if case let .success(.error(message)) = result, message.hasPrefix("READONLY") { ch.close(promise: nil) }
         }
         ch.writeAndFlush((args, promise)).whenFailure { _ in promise.fail(RedisError.unavailable) }
         return promise.futureResult

@@ -12,9 +12,12 @@ final class SubscriberHandler: ChannelInboundHandler {
     let onMessage: @Sendable (String, String) -> Void
     let onSubscribed: @Sendable (String) -> Void
     let onError: @Sendable (String) -> Void
+    /// The reply to `ROLE`, sent first with Sentinels: anything but the primary closes the link.
+    let checkRole: Bool
 
     init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (String) -> Void,
-         onError: @escaping @Sendable (String) -> Void = { _ in }) {
+         onError: @escaping @Sendable (String) -> Void = { _ in }, checkRole: Bool = false) {
+        self.checkRole = checkRole
         self.onMessage = onMessage
         self.onSubscribed = onSubscribed
         self.onError = onError
@@ -29,6 +32,9 @@ final class SubscriberHandler: ChannelInboundHandler {
         }
         guard let items = value.array, let kind = items.first?.string else { return }
         switch kind {
+        case "slave" where checkRole, "sentinel" where checkRole:
+            onError("ROLE \(kind): not the primary")
+            context.close(promise: nil)
         case "message" where items.count == 3:
             if let channel = items[1].string, let payload = items[2].string { onMessage(channel, payload) }
         case "subscribe" where items.count == 3:
@@ -50,7 +56,10 @@ final class SubscriberHandler: ChannelInboundHandler {
 /// channel's confirmation (also after a reconnect), so its owner knows from when on a
 /// channel's messages arrive.
 public final class RedisSubscriber: Service, Sendable {
-    public let endpoint: Endpoint
+    public let endpoint: Endpoint?
+    private let resolve: @Sendable () async throws -> Endpoint
+    private let what: String
+    private let checkRole: Bool
     private let channels: [String]
     private let wanted = NIOLockedValueBox<Set<String>>([])
     private let onSubscribed: @Sendable (String) -> Void
@@ -66,9 +75,13 @@ public final class RedisSubscriber: Service, Sendable {
     public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, channels: [String], group: EventLoopGroup, logger: Logger,
                 onMessage: @escaping @Sendable (String, String) -> Void,
                 onSubscribed: @escaping @Sendable (String) -> Void = { _ in },
-                onState: @escaping @Sendable (Bool) -> Void) {
+                onState: @escaping @Sendable (Bool) -> Void, locator: RedisLocator? = nil) {
+        let locator = locator ?? RedisLocator(fixed: endpoint)
         self.onSubscribed = onSubscribed
         self.endpoint = endpoint
+        self.resolve = { [group, logger] in try await locator.primary(group: group, logger: logger) }
+        self.what = "redis subscription"
+        self.checkRole = locator.usesSentinels
         self.channels = channels
         self.password = password
         self.user = user
@@ -77,6 +90,31 @@ public final class RedisSubscriber: Service, Sendable {
         self.logger = logger
         self.onMessage = onMessage
         self.onState = onState
+    }
+
+    /// A subscription to wherever `resolve` says, now and after every loss (a Sentinel's
+    /// channels: no AUTH, no role check unless asked).
+    public init(resolve: @escaping @Sendable () async throws -> Endpoint, what: String, channels: [String], checkRole: Bool,
+                group: EventLoopGroup, logger: Logger, onMessage: @escaping @Sendable (String, String) -> Void,
+                onState: @escaping @Sendable (Bool) -> Void) {
+        self.endpoint = nil
+        self.resolve = resolve
+        self.what = what
+        self.checkRole = checkRole
+        self.channels = channels
+        self.onSubscribed = { _ in }
+        self.password = nil
+        self.user = nil
+        self.tls = nil
+        self.group = group
+        self.logger = logger
+        self.onMessage = onMessage
+        self.onState = onState
+    }
+
+    /// Drops the connection (the next one asks where the primary is): after `+switch-master`.
+    public func reconnect() {
+        current.withLockedValue { $0 }?.close(promise: nil)
     }
 
     /// Subscribes to more channels, now and after every reconnect.
@@ -95,12 +133,15 @@ public final class RedisSubscriber: Service, Sendable {
 
     public func run() async throws {
         let channels = self.channels, fixed = Set(channels), wanted = self.wanted, onSubscribed = self.onSubscribed
-        let onState = self.onState, onMessage = self.onMessage, logger = self.logger, endpoint = self.endpoint
+        let onState = self.onState, onMessage = self.onMessage, logger = self.logger
         let group = self.group, password = self.password, user = self.user, tls = self.tls
-        await Reconnector(what: "redis subscription", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: current).run(
+        let resolve = self.resolve, checkRole = self.checkRole
+        let shown = endpoint ?? .unix(path: what)
+        await Reconnector(what: what, endpoint: shown, logger: logger, base: 0.05, cap: 2, current: current).run(
             connect: {
                 // The fixed channels confirmed on this connection: all of them is "up".
                 let confirmed = NIOLockedValueBox<Set<String>>([])
+                let endpoint = try await resolve()
                 return try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
                     if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
                     try ch.pipeline.syncOperations.addHandlers([
@@ -120,13 +161,14 @@ public final class RedisSubscriber: Service, Sendable {
                             // The reply's first word only (e.g. WRONGPASS, NOAUTH): never a secret.
                             let code = message.split(separator: " ").first.map(String.init) ?? "ERR"
                             logger.error("redis refused the subscription", metadata: ["redis": "\(endpoint)", "reply": "\(code)"])
-                        }),
+                        }, checkRole: checkRole),
                     ])
                 }
             },
             established: { ch in
                 // Replies come back in order: a refused AUTH is read (and closes the link) before SUBSCRIBE's.
                 if let password { ch.write(RedisClient.authCommand(user: user, password: password), promise: nil) }
+                if checkRole { ch.write(["ROLE"], promise: nil) }
                 try await ch.writeAndFlush(["SUBSCRIBE"] + channels + wanted.withLockedValue { Array($0) })
             },
             ended: { onState(false) })

@@ -273,14 +273,34 @@ final class FlushCoalescer {
     }
 }
 
+/// Workers whose link just failed or went silent, as a plain value: new streams skip each
+/// for `holdNs` (3 s), since the coordinator may route to it until its lease runs out, and a
+/// connect to a cut host only fails after its timeout.
+struct AvoidedWorkers: Sendable {
+    static let holdNs: UInt64 = 3_000_000_000
+    private var until: [String: UInt64] = [:]
+
+    mutating func linkLost(_ worker: String, nowNs: UInt64) {
+        until[worker] = nowNs + Self.holdNs
+    }
+
+    /// Whether new streams skip `worker` now (an expired entry is forgotten).
+    mutating func avoids(_ worker: String, nowNs: UInt64) -> Bool {
+        guard let t = until[worker] else { return false }
+        if nowNs < t { return true }
+        until.removeValue(forKey: worker)
+        return false
+    }
+
+    var count: Int { until.count }
+}
+
 /// This gateway's links: one per (event loop, worker), made when a stream first needs it,
 /// so a client's stream and its link share a thread and no frame hops between threads.
 final class GatewayLinks: Sendable {
     private final class Table {
         var links: [String: EventLoopFuture<NIOLoopBound<GatewayLinkHandler>>] = [:]
-        /// Workers whose link just failed or went silent: new streams skip them until then
-        /// (the coordinator may route to them until their lease runs out).
-        var downUntil: [String: NIODeadline] = [:]
+        var avoided = AvoidedWorkers()
         let flusher: FlushCoalescer
         let keepalive: StreamKeepalive
         init(flusher: FlushCoalescer, keepalive: StreamKeepalive) {
@@ -320,10 +340,7 @@ final class GatewayLinks: Sendable {
     /// The handler comes loop-bound: it is only ever touched on `loop`.
     func link(worker: String, endpoint: Endpoint, on loop: EventLoop) -> EventLoopFuture<NIOLoopBound<GatewayLinkHandler>> {
         guard let table = tables[ObjectIdentifier(loop)] else { return loop.makeFailedFuture(LinkDown()) }
-        if let until = table.value.downUntil[worker] {
-            if NIODeadline.now() < until { return loop.makeFailedFuture(LinkDown()) }
-            table.value.downUntil.removeValue(forKey: worker)
-        }
+        if table.value.avoided.avoids(worker, nowNs: NIODeadline.now().uptimeNanoseconds) { return loop.makeFailedFuture(LinkDown()) }
         if let existing = table.value.links[worker] {
             return existing.flatMapThrowing { link in
                 guard link.value.isUsable else { throw LinkDown() }
@@ -335,7 +352,7 @@ final class GatewayLinks: Sendable {
         let forget: @Sendable () -> Void = {
             loop.execute {
                 table.value.links.removeValue(forKey: worker)
-                table.value.downUntil[worker] = .now() + .seconds(3)
+                table.value.avoided.linkLost(worker, nowNs: NIODeadline.now().uptimeNanoseconds)
             }
         }
         let connected = ClientBootstrap(group: loop)

@@ -108,7 +108,9 @@ enum GatewayMain {
         pool.start()
         let redisTLS: RedisTLS?
         do { redisTLS = try RedisTLS.from(options: options) } catch { ProcessSupport.fail("\(error)") }
-        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger)
+        let locator: RedisLocator
+        do { locator = try RedisLocator.from(options: options, fixed: redisEndpoint) } catch { ProcessSupport.fail("\(error)") }
+        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger, locator: locator)
         let coordinator = CoordinatorLink(endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
         let directory = WorkerDirectory(link: coordinator, logger: logger)
         let gatewayID = options.string("id", default: "gateway-\(getpid())")
@@ -143,6 +145,9 @@ enum GatewayMain {
             ProcessSupport.fail("\(error)")
         }
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
+        if locator.usesSentinels {
+            services.append(SentinelWatcher(locator: locator, group: group, logger: logger) { redis.reconnect() })
+        }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {
             try await serviceGroup.run()

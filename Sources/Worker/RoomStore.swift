@@ -22,6 +22,9 @@ struct RoomStore: Sendable {
     let limits: Limits
     let admins: Set<String>
     let refTTLSeconds = 180
+    /// `--redis-wait-replicas` and `--redis-wait-ms`: replicas that must have a message before its ack.
+    var waitReplicas = 0
+    var waitMs = 500
 
     struct Limits: Sendable {
         var roomsPerUser = 500
@@ -486,12 +489,23 @@ struct RoomStore: Sendable {
         let enc = encrypted.map { $0 ? "1" : "0" } ?? ""
         let args = [user, room, ref ?? "", kind, body, target?.description ?? "", enc, isAdmin(user) ? "1" : "0",
                     String(streamMax), String(refTTLSeconds), replyTo?.description ?? ""]
-        return run(Self.appendScript, args, on: loop).flatMapThrowing { outcome in
+        let stored = run(Self.appendScript, args, on: loop).flatMapThrowing { outcome -> Result<(MessageID, Bool), Refusal> in
             switch outcome {
             case let .refused(code, message): return .failure(Refusal(code: code, message: message))
             case let .ok(items):
                 guard items.count >= 2, let id = items[1].string.flatMap(MessageID.init) else { throw RedisError.unexpectedReply }
                 return .success((id, items[0].string == "ok"))
+            }
+        }
+        guard waitReplicas > 0 else { return stored }
+        // Acknowledged only once `waitReplicas` replicas have it (a first store or a repeat of
+        // one), so a failover right after the ack keeps it.
+        let redis = self.redis, n = waitReplicas, ms = waitMs
+        return stored.flatMap { result in
+            guard case .success = result else { return loop.makeSucceededFuture(result) }
+            return redis.sendChecked(["WAIT", String(n), String(ms)], on: loop).flatMapThrowing { reply in
+                guard case let .integer(got) = reply, got >= n else { throw RedisError.notReplicated }
+                return result
             }
         }
     }

@@ -20,6 +20,9 @@ enum WorkerMain {
       --history N                messages in welcome (default 50)
       --history-max N            messages kept per room (default 10000)
       --max-queued-frames N      live messages a stream may hold during a sync replay (default 1024)
+      --redis-wait-replicas N    a message is acknowledged only once N replicas have it (WAIT; default 0:
+                                 once the primary has it); past --redis-wait-ms, `unavailable`, and the
+                                 client sends it again with the same ref (default 500)
       --gateway-link-timeout-ms N  a gateway link silent this long is gone, with its streams (default
                                  15000; keep it above the gateways' ping, a fifth of their
                                  --worker-link-timeout-ms)
@@ -43,11 +46,12 @@ enum WorkerMain {
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
         let limits: RateLimits
         let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int, linkTimeoutMs: Int
+        let waitReplicas: Int, waitMs: Int
         var roomLimits = RoomStore.Limits()
         do {
             try options.refuseUnknown(["advertise", "history", "history-max", "id", "listen", "max-queued-frames", "event-loops",
                                        "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members",
-                                       "gateway-link-timeout-ms"])
+                                       "gateway-link-timeout-ms", "redis-wait-replicas", "redis-wait-ms"])
             roomLimits.roomsPerUser = try options.int("max-rooms-per-user", default: 500)
             roomLimits.creationsPerHour = try options.int("room-creations-per-hour", default: 10)
             roomLimits.privateMembers = try options.int("max-private-members", default: 1000)
@@ -68,6 +72,11 @@ enum WorkerMain {
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             maxQueued = try options.int("max-queued-frames", default: 1024)
             linkTimeoutMs = try options.int("gateway-link-timeout-ms", default: 15_000)
+            waitReplicas = try options.int("redis-wait-replicas", default: 0)
+            waitMs = try options.int("redis-wait-ms", default: 500)
+            guard (0...16).contains(waitReplicas), (1...60_000).contains(waitMs) else {
+                throw Options.Invalid("--redis-wait-replicas must be 0...16 and --redis-wait-ms 1...60000")
+            }
             guard (200...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--gateway-link-timeout-ms must be 200...600000") }
             loops = try options.eventLoops()
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
@@ -84,9 +93,13 @@ enum WorkerMain {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
         let redisTLS: RedisTLS?
         do { redisTLS = try RedisTLS.from(options: options) } catch { ProcessSupport.fail("\(error)") }
-        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger)
+        let locator: RedisLocator
+        do { locator = try RedisLocator.from(options: options, fixed: redisEndpoint) } catch { ProcessSupport.fail("\(error)") }
+        let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger, locator: locator)
         let admins = Set(options.string("admins", default: "admin").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
-        let rooms = RoomStore(redis: redis, streamMax: streamMax, limits: roomLimits, admins: admins)
+        var rooms = RoomStore(redis: redis, streamMax: streamMax, limits: roomLimits, admins: admins)
+        rooms.waitReplicas = waitReplicas
+        rooms.waitMs = waitMs
         let hub = Hub(group: group, store: rooms, logger: logger)
         let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })
         let coordinator = CoordinatorLink(
@@ -132,7 +145,8 @@ enum WorkerMain {
             onSubscribed: { channel in hub.channelSubscribed(channel) },
             onState: { up in
                 if up { hub.subscriptionRestored() } else { hub.subscriptionLost() }
-            }
+            },
+            locator: locator
         )
         hub.attach(subscriber)
         // Started in this order, stopped in reverse: the server drains first, Redis goes last.
@@ -147,6 +161,12 @@ enum WorkerMain {
             ProcessSupport.fail("\(error)")
         }
         if let watch = ParentWatch(options: options, logger: logger) { services.append(watch) }
+        if locator.usesSentinels {
+            services.append(SentinelWatcher(locator: locator, group: group, logger: logger) {
+                redis.reconnect()
+                subscriber.reconnect()
+            })
+        }
         let serviceGroup = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {
             try await serviceGroup.run()

@@ -14,11 +14,11 @@ import Testing
         let subscribed = NIOLockedValueBox<[String]>([])
     }
 
-    func channel(_ seen: Seen) throws -> EmbeddedChannel {
+    func channel(_ seen: Seen, checkRole: Bool = false) throws -> EmbeddedChannel {
         let handler = SubscriberHandler(
             onMessage: { channel, payload in seen.messages.withLockedValue { $0.append(channel + "=" + payload) } },
             onSubscribed: { n in seen.subscribed.withLockedValue { $0.append(n) } },
-            onError: { e in seen.errors.withLockedValue { $0.append(e) } })
+            onError: { e in seen.errors.withLockedValue { $0.append(e) } }, checkRole: checkRole)
         let ch = EmbeddedChannel(handler: handler)
         try ch.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
         return ch
@@ -43,5 +43,34 @@ import Testing
         #expect(seen.messages.withLockedValue { $0 } == ["sc:room:lobby=1-0\n1\na\nhi"])
         #expect(seen.errors.withLockedValue { $0 }.isEmpty)
         _ = try ch.finish()
+    }
+
+    /// With Sentinels, `ROLE` goes first: a replica (what a stale Sentinel answer or a demoted
+    /// primary gives) closes the link, so it asks again; the primary's answer is passed over.
+    @Test func aReplicasRoleClosesTheSubscriptionThePrimarysDoesNot() throws {
+        let seen = Seen()
+        let primary = try channel(seen, checkRole: true)
+        try primary.writeInbound(RESPValue.array([.bulk("master"), .integer(100), .array([])]))
+        try primary.writeInbound(RESPValue.array([.bulk("subscribe"), .bulk("sc:logout"), .integer(1)]))
+        #expect(primary.isActive)
+        #expect(seen.subscribed.withLockedValue { $0 } == ["sc:logout"])
+        let replica = try channel(seen, checkRole: true)
+        try replica.writeInbound(RESPValue.array([.bulk("slave"), .bulk("10.0.0.1"), .integer(6379), .bulk("connected"), .integer(100)]))
+        #expect(!replica.isActive)
+        #expect(seen.errors.withLockedValue { $0 }.last?.hasPrefix("ROLE slave") == true)
+    }
+
+    @Test func sentinelsAreReadFromOptionsAndAskedInTurn() throws {
+        let options = Options(arguments: ["--redis-sentinels", "10.0.0.1:26379, 10.0.0.2:26379,10.0.0.3:26379"], environment: [:])
+        let l = try RedisLocator.from(options: options, fixed: .unix(path: "/x"))
+        #expect(l.usesSentinels && l.masterName == "sc" && l.sentinels.count == 3)
+        #expect([l.sentinel(), l.sentinel(), l.sentinel(), l.sentinel()] == [
+            .tcp(host: "10.0.0.1", port: 26379), .tcp(host: "10.0.0.2", port: 26379), .tcp(host: "10.0.0.3", port: 26379),
+            .tcp(host: "10.0.0.1", port: 26379)])
+        let none = try RedisLocator.from(options: Options(arguments: [], environment: [:]), fixed: .unix(path: "/x"))
+        #expect(!none.usesSentinels)
+        #expect(throws: Options.Invalid.self) {
+            try RedisLocator.from(options: Options(arguments: ["--redis-sentinels", "nohostport"], environment: [:]), fixed: .unix(path: "/x"))
+        }
     }
 }

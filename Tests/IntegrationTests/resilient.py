@@ -33,6 +33,8 @@ class ResilientClient:
         self.live_at = []          # monotonic times it went live (synced)
         self.seq = 0
         self.token = os.urandom(4).hex()
+        self.sent_at = {}          # ref -> monotonic time send() was called
+        self.ack_times = {}        # ref -> monotonic time of its first ack
         self.stop = False
         self.logged_out = False
 
@@ -109,13 +111,15 @@ class ResilientClient:
                 if f.get("ref") in self.pending:
                     del self.pending[f["ref"]]
                 self.acked[f["ref"]] = f["id"]
+                self.ack_times.setdefault(f["ref"], time.monotonic())
             elif t == "error":
                 self.errors.append(f)
                 ref = f.get("ref")
                 if ref in self.pending and f["code"] in ("unavailable", "rate_limited"):
                     delay = f.get("retry_after_ms", 1000) / 1000.0
+                    # `ref` bound now: the variable is reused by the next frame.
                     asyncio.get_running_loop().call_later(
-                        delay, lambda: asyncio.ensure_future(self._send_raw(ref, self.pending[ref]))
+                        delay, lambda ref=ref: asyncio.ensure_future(self._send_raw(ref, self.pending[ref]))
                         if ref in self.pending else None)
             elif t == "presence":
                 (self.online.add if f["online"] else self.online.discard)(f["user"])
@@ -144,6 +148,7 @@ class ResilientClient:
         # answers a ref it saw in the last 180 s with the first message's ack).
         ref = "%s-%s-%d" % (self.name, self.token, self.seq)
         self.pending[ref] = text
+        self.sent_at[ref] = time.monotonic()
         if self.live.is_set():
             await self._send_raw(ref, text)
         return ref

@@ -125,3 +125,70 @@ def test_a_gateway_host_cut_off_haproxy_sends_its_clients_to_the_other(cluster):
           % (out["victims"], out["back_after"]))
     assert out["victims"] > 0, "nobody was on gw1"
     assert cluster.metric("gw2", "securechat_deliveries_total") > delivered_before
+
+
+def test_the_redis_primary_killed_sentinel_promotes_a_replica_and_acknowledged_messages_survive(cluster):
+    # Last in this file: the cluster's primary is another host afterwards.
+    import json
+    import subprocess
+    senders = [ResilientClient(cluster, cluster.login(n), n) for n in ("alice", "bob", "carol")]
+    receivers = [ResilientClient(cluster, cluster.login("dave"), "dave-%d" % i) for i in range(3)]
+    clients = senders + receivers
+    out = {}
+
+    def sentinel_primary():
+        for ip in cluster.info["sentinels"]:
+            r = subprocess.run(["redis-cli", "-h", ip, "-p", "26379", "--raw", "SENTINEL", "get-master-addr-by-name", "sc"],
+                               capture_output=True, text=True, timeout=5)
+            if r.returncode == 0 and r.stdout.strip():
+                return r.stdout.split()[0]
+        return None
+
+    out["primary_before"] = sentinel_primary()
+
+    async def scenario():
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        await wait_until(lambda: all(c.live.is_set() for c in clients), 20, "all clients live")
+
+        async def traffic(c):
+            for i in range(60):
+                await c.send("%s says %d" % (c.name, i))
+                await asyncio.sleep(0.05)
+        load = [asyncio.create_task(traffic(s)) for s in senders]
+        await wait_until(lambda: sum(len(s.acked) for s in senders) >= 30, 20, "traffic flowing")
+        acked_before = {i for s in senders for i in s.acked.values()}
+        killed_at = time.monotonic()
+        victim = [h for h, v in cluster.info["hosts"].items() if v["ip"] == out["primary_before"]][0]
+        cluster.kill(victim)            # right after those acks: no time to replicate late
+        await asyncio.gather(*load)
+        await wait_until(lambda: all(not s.pending for s in senders), 60, "every send acknowledged")
+        acked = sorted({i for s in senders for i in s.acked.values()}, key=id_key)
+        assert len(acked) == 180
+        # Service is back when a message sent after the kill is acknowledged.
+        after = [s.ack_times[r] for s in senders for r in s.ack_times if s.sent_at[r] > killed_at]
+        out["back_after"] = round(min(after) - killed_at, 2)
+        out["acked_before_kill"] = len(acked_before)
+        await wait_until(lambda: all(set(r.shown) >= set(acked) for r in clients), 60, "every client has every message")
+        for c in clients:
+            mine = [i for i in c.shown if i in set(acked)]
+            assert mine == acked, c.name
+        out["acked"] = acked
+        for c in clients:
+            c.stop = True
+            if c.ws:
+                await c.ws.close()
+        for t in tasks:
+            t.cancel()
+
+    run(scenario())
+    primary = sentinel_primary()
+    assert primary and primary != out["primary_before"], (primary, out["primary_before"])
+    # Every acknowledged message is in the new primary's stream.
+    raw = subprocess.run(["redis-cli", "-h", primary, "--json", "XRANGE", "sc:room:lobby:stream", "-", "+"],
+                         capture_output=True, text=True, check=True).stdout
+    stored = {entry[0] for entry in json.loads(raw)}
+    lost = [i for i in out["acked"] if i not in stored]
+    print("\n[redis primary killed] Sentinel promoted %s; first ack after the kill %.2f s; %d acknowledged before the "
+          "kill, 180 in all, %d lost" % (primary, out["back_after"], out["acked_before_kill"], len(lost)))
+    assert lost == []
+    assert out["back_after"] <= 10.0

@@ -1,0 +1,114 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Where the Redis primary is: one fixed address (`--redis-url`), or whatever the Sentinels
+/// (`--redis-sentinels`) say the primary of `--redis-master-name` is, asked afresh on
+/// every connection. The Sentinels are tried in turn, each for at most a second.
+public struct RedisLocator: Sendable {
+    public let fixed: Endpoint
+    public let sentinels: [Endpoint]
+    public let masterName: String
+    private let nextSentinel = NIOLockedValueBox(0)
+
+    public init(fixed: Endpoint, sentinels: [Endpoint] = [], masterName: String = "sc") {
+        self.fixed = fixed
+        self.sentinels = sentinels
+        self.masterName = masterName
+    }
+
+    public var usesSentinels: Bool { !sentinels.isEmpty }
+
+    /// From `--redis-sentinels host:port,…` and `--redis-master-name` (default `sc`).
+    public static func from(options: Options, fixed: Endpoint) throws -> RedisLocator {
+        let list = (options.string("redis-sentinels") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let sentinels = try list.map { try Endpoint(parsing: $0) }
+        let name = options.string("redis-master-name", default: "sc")
+        guard !name.isEmpty, name.utf8.count <= 64 else { throw Options.Invalid("--redis-master-name must be 1 to 64 bytes") }
+        return RedisLocator(fixed: fixed, sentinels: sentinels, masterName: name)
+    }
+
+    /// The next Sentinel to ask (each caller starts where the last one left off).
+    func sentinel() -> Endpoint {
+        let k = nextSentinel.withLockedValue { n -> Int in
+            defer { n = (n + 1) % sentinels.count }
+            return n
+        }
+        return sentinels[k]
+    }
+
+    /// The primary's address now.
+    public func primary(group: EventLoopGroup, logger: Logger) async throws -> Endpoint {
+        guard usesSentinels else { return fixed }
+        for _ in 0..<sentinels.count {
+            let s = sentinel()
+            do {
+                let reply = try await Self.ask(s, ["SENTINEL", "get-master-addr-by-name", masterName], group: group)
+                if let parts = reply.array, parts.count == 2, let host = parts[0].string, let port = parts[1].string.flatMap(Int.init) {
+                    return .tcp(host: host, port: port)
+                }
+                logger.warning("a Sentinel does not know the primary", metadata: ["sentinel": "\(s)", "master": "\(masterName)"])
+            } catch {
+                logger.debug("a Sentinel did not answer", metadata: ["sentinel": "\(s)"])
+            }
+        }
+        throw RedisError.unavailable
+    }
+
+    /// One command on a connection of its own, closed after the reply (at most a second).
+    static func ask(_ endpoint: Endpoint, _ args: [String], group: EventLoopGroup) async throws -> RESPValue {
+        let ch = try await ClientBootstrap(group: group)
+            .connectTimeout(.seconds(1))
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(RESPDecoder()), MessageToByteHandler(RESPEncoder()), RedisCommandHandler(),
+                    ])
+                }
+            }
+            .connect(to: endpoint).get()
+        let promise = ch.eventLoop.makePromise(of: RESPValue.self)
+        let timeout = ch.eventLoop.scheduleTask(in: .seconds(1)) { promise.fail(RedisError.timeout) }
+        ch.writeAndFlush(([String](args), promise)).whenFailure { promise.fail($0) }
+        defer {
+            timeout.cancel()
+            ch.close(promise: nil)
+        }
+        return try await promise.futureResult.get()
+    }
+}
+
+/// `+switch-master` from the Sentinels, for this primary: `onSwitch` runs (the clients drop
+/// their connections and ask where the primary is now). Connects to the Sentinels in turn,
+/// again after any loss; a failover the watcher misses is still found when the old primary's
+/// connections break or answer `READONLY`.
+public final class SentinelWatcher: Service, Sendable {
+    private let subscriber: RedisSubscriber?
+
+    public init(locator: RedisLocator, group: EventLoopGroup, logger: Logger, onSwitch: @escaping @Sendable () -> Void) {
+        guard locator.usesSentinels else {
+            subscriber = nil
+            return
+        }
+        let name = locator.masterName
+        subscriber = RedisSubscriber(
+            resolve: { locator.sentinel() }, what: "redis sentinel", channels: ["+switch-master"], checkRole: false,
+            group: group, logger: logger,
+            onMessage: { _, payload in
+                // "<master name> <old ip> <old port> <new ip> <new port>"
+                let parts = payload.split(separator: " ")
+                guard parts.count == 5, parts[0] == name else { return }
+                logger.warning("Sentinel switched the primary; following it",
+                               metadata: ["from": "\(parts[1]):\(parts[2])", "to": "\(parts[3]):\(parts[4])"])
+                onSwitch()
+            },
+            onState: { _ in })
+    }
+
+    /// Add it to a service group only with Sentinels (`locator.usesSentinels`).
+    public func run() async throws {
+        try await subscriber?.run()
+    }
+}
