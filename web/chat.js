@@ -185,6 +185,7 @@
     const encrypted = isEncrypted(r);
     const ready = !!(keys && keys.state === 'ready');
     $('recovery-reminder').hidden = !(keys && keys.unseenRecovery);
+    $('devices-button').hidden = !ready;
     $('e2ee-note').hidden = !encrypted;
     $('e2ee-setup').hidden = !encrypted || ready;
     const blocked = encrypted && !ready;
@@ -1163,6 +1164,11 @@
       lobbyNotice(ev.user + '’s keys changed (a new browser, or keys made again). Compare safety numbers in a direct message if it matters.');
     } else if (ev.type === 'warning') { renderKeyWarning(); renderE2EE(); }
     else if (ev.type === 'verified') { renderKeyWarning(); renderE2EE(); retryDecrypts(null); }
+    else if (ev.type === 'removed') {
+      renderE2EE();
+      lobbyNotice('This browser was removed from your devices, from another of yours: it no longer reads or sends encrypted messages.');
+      showRestore('removed');
+    }
   }
 
   async function startKeys(name) {
@@ -1210,7 +1216,9 @@
     $('restore-error').hidden = true;
     $('restore-why').textContent = state === 'replaced'
       ? 'Your keys were made again in another browser, so the keys in this one are no longer yours. Enter the new recovery key to go on here.'
-      : 'Your account already has encryption keys, made in another browser. Enter your recovery key to use them here and read your encrypted history.';
+      : state === 'removed'
+        ? 'This browser was removed from your devices. Enter your recovery key to make it one of them again.'
+        : 'Your account already has encryption keys, made in another browser. Enter your recovery key to use them here and read your encrypted history.';
     $('restore-dialog').showModal();
   }
   $('e2ee-setup').addEventListener('click', function () { if (keys) showRestore(keys.state); });
@@ -1280,6 +1288,45 @@
   $('safety-unverify').addEventListener('click', async function () {
     await keys.setVerified($('safety-dialog').dataset.user, false);
     $('safety-dialog').close();
+  });
+
+  // This user's devices, and removing a lost one.
+  function renderDevices() {
+    $('devices-error').hidden = true;
+    keys.myDevices().then(function (list) {
+      $('devices-list').replaceChildren.apply($('devices-list'), list.map(function (d) {
+        const li = document.createElement('li');
+        const name = document.createElement('span');
+        name.className = 'room-name';
+        name.textContent = (d.current ? 'This browser' : 'Device ' + d.id.slice(0, 8)) + (d.signed ? '' : ' (not signed by your account key: never given keys)');
+        li.appendChild(name);
+        if (!d.current) {
+          const b = document.createElement('button');
+          b.type = 'button';
+          b.dataset.device = d.id;
+          b.textContent = 'Remove';
+          b.setAttribute('aria-label', 'Remove device ' + d.id.slice(0, 8));
+          li.appendChild(b);
+        }
+        return li;
+      }));
+    }, function (err) {
+      $('devices-error').textContent = err.message;
+      $('devices-error').hidden = false;
+    });
+  }
+  $('devices-button').addEventListener('click', function () {
+    if (!keys) return;
+    $('devices-dialog').showModal();
+    renderDevices();
+  });
+  $('devices-list').addEventListener('click', function (event) {
+    const b = event.target.closest('button[data-device]');
+    if (!b || !window.confirm('Remove this device? It will read nothing sent after now.')) return;
+    keys.removeDevice(b.dataset.device).then(renderDevices, function (err) {
+      $('devices-error').textContent = err.message;
+      $('devices-error').hidden = false;
+    });
   });
 
   // ---- dialogs --------------------------------------------------------------

@@ -380,8 +380,35 @@
     api.onDevices = async function (name) {
       directory.delete(name);
       if (api.state !== 'ready') return;
+      if (name === user) {
+        // This browser's device removed from another: its keys no longer serve this account.
+        const reply = await request({ type: 'keys', users: [user] });
+        if (reply && reply.type === 'keys' && !((reply.devices && reply.devices[user]) || []).some(function (d) { return d.id === device.id; })) {
+          api.state = 'removed';
+          emit({ type: 'removed' });
+          return;
+        }
+      }
       await fetchDevices(name, true);
       retryHeld();
+    };
+
+    // This user's devices as the server lists them, this one marked; and removing one (a lost
+    // or old browser): every chain it was given rotates before its next message.
+    api.myDevices = async function () {
+      const reply = await request({ type: 'keys', users: [user] });
+      if (!reply || reply.type !== 'keys') throw new Error('could not list your devices (' + (reply && reply.code) + ')');
+      const checked = await fetchDevices(user, true);
+      return ((reply.devices && reply.devices[user]) || []).map(function (d) {
+        return { id: d.id, current: !!device && d.id === device.id, signed: checked.some(function (c) { return c.id === d.id; }) };
+      });
+    };
+    api.removeDevice = async function (id) {
+      if (device && id === device.id) throw new Error('this browser cannot remove itself here');
+      const r = await request({ type: 'device_remove', id: id });
+      if (!r || r.type !== 'ok') throw new Error('could not remove it (' + (r && r.code) + ')');
+      directory.delete(user);
+      for (const room of Array.from(outbound.keys())) await api.onMember(room, user, false);
     };
 
     // Membership: a member gone makes the room's chain stale (a removed member must not read

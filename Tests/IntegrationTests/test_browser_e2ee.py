@@ -421,3 +421,52 @@ def test_a_server_that_replays_or_injects_messages_is_caught(make_deployment, br
     wait(bob, lambda x: e2ee_states(x) == ["ok", "bad", "unencrypted"], timeout=20)
     shown = messages(bob)
     assert shown.count(s1) == 1 and "injected by the server" not in shown, shown
+
+
+def test_a_lost_device_removed_from_another_browser_reads_nothing_sent_after(make_deployment, browsers):
+    d = rooms_deployment(make_deployment)
+    alice, bob = browsers(), browsers()
+    signed_in_new(alice, d, "alice")
+    recovery = signed_in_new(bob, d, "bob")
+    room = create_encrypted_room(alice, "lost", ["bob"])
+    wait(bob, lambda x: x.execute_script("return SecureChatPage.keys.backup === 'saved'"))
+    lost = browsers()
+    signed_in(lost, d, "bob")
+    wait(lost, restore_dialog, timeout=20)
+    lost.find_element(By.ID, "restore-key").send_keys(recovery)
+    lost.find_element(By.ID, "restore-submit").click()
+    wait(lost, keys_ready, timeout=20)
+    open_room(lost, room)
+    m1 = secret("before-removal")
+    send(alice, m1)
+    read(lost, m1)
+    # From bob's first browser: Devices, remove the other one.
+    bob.find_element(By.ID, "devices-button").click()
+    wait(bob, lambda x: len(x.find_elements(By.CSS_SELECTOR, "#devices-list button[data-device]")) == 1)
+    bob.find_element(By.CSS_SELECTOR, "#devices-list button[data-device]").click()
+    bob.switch_to.alert.accept()
+    wait(bob, lambda x: not x.find_elements(By.CSS_SELECTOR, "#devices-list button[data-device]"))
+    shot(bob, "e2ee-devices")
+    bob.find_element(By.CSS_SELECTOR, "#devices-dialog [data-close]").click()
+    # The removed browser says so, and reads nothing sent after.
+    wait(lost, restore_dialog, timeout=20)
+    assert "removed" in lost.find_element(By.ID, "restore-why").text
+    m2 = secret("after-removal")
+    send(alice, m2)
+    open_room(bob, room)
+    read(bob, m2)
+    import json
+    entries = [e for e in stream_entries(d, room) if e[2] == "text"]
+    (id1, _, _, b1), (id2, _, _, b2) = entries[-2], entries[-1]
+    env1, env2 = json.loads("{" + b1 + "}")["e2ee"], json.loads("{" + b2 + "}")["e2ee"]
+    assert env1["sid"] != env2["sid"], "the chain did not rotate when the device was removed"
+    attempt = """
+      var done = arguments[arguments.length - 1];
+      SecureChatPage.keys.decrypt(arguments[0], 'alice', arguments[1], arguments[2])
+        .then(function (c) { done({ok: true}); }, function (e) { done({ok: false, code: e.code}); });"""
+    assert lost.execute_async_script(attempt, room, id2, env2) == {"ok": False, "code": "no_key"}
+    assert m2 not in messages(lost)
+    control = secret("plain-lobby")
+    open_room(alice, "lobby")
+    send(alice, control)
+    assert_server_never_saw(d, [m1, m2], control)
