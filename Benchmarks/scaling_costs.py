@@ -27,9 +27,10 @@ from wsclient import Client  # noqa: E402
 def redis_info(d):
     calls = {}
     for line in d.redis("INFO", "commandstats").splitlines():
-        m = re.match(r"cmdstat_(\S+):calls=(\d+)", line)
+        m = re.match(r"cmdstat_(\S+):calls=(\d+),usec=(\d+)", line)
         if m:
             calls[m.group(1)] = int(m.group(2))
+            calls[m.group(1) + "_usec"] = int(m.group(3))
     stats = dict(l.split(":", 1) for l in d.redis("INFO", "stats").splitlines() if ":" in l)
     return calls, int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])
 
@@ -84,14 +85,17 @@ def main():
 
         (b_redis, b_metrics), (a_redis, a_metrics), elapsed = asyncio.run(go())
         n = args.messages
-        calls = {k: (a_redis[0].get(k, 0) - b_redis[0].get(k, 0)) / n for k in a_redis[0]}
-        calls = {k: round(v, 3) for k, v in sorted(calls.items()) if v >= 0.001}
+        deltas = {k: a_redis[0].get(k, 0) - b_redis[0].get(k, 0) for k in a_redis[0]}
+        calls = {k: round(v / n, 3) for k, v in sorted(deltas.items()) if not k.endswith("_usec") and v / n >= 0.001}
+        # Redis's own time per message (the script's commands are counted inside EVALSHA's).
+        redis_us = {k[:-5]: round(v / n, 1) for k, v in deltas.items() if k.endswith("_usec") and v > 0 and k[:-5] in ("evalsha", "eval", "wait")}
         coordinator = {k[1]: round((v - b_metrics.get(k, 0)) / n, 3) for k, v in a_metrics.items()
                        if k[0] == "coordinator" and k[1].startswith("securechat_rate_checks_total") and v - b_metrics.get(k, 0) > 0}
         out = {
             "members": args.members, "messages": n, "seconds": round(elapsed, 2),
             "redis_commands_per_message": calls,
             "redis_commands_per_message_total": round(sum(calls.values()), 3),
+            "redis_usec_per_message": redis_us,
             "redis_bytes_in_per_message": round((a_redis[1] - b_redis[1]) / n, 1),
             "redis_bytes_out_per_message": round((a_redis[2] - b_redis[2]) / n, 1),
             "coordinator_rate_checks_per_message": coordinator,
