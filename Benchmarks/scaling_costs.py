@@ -75,7 +75,7 @@ def main():
             for c in clients:
                 n = 0
                 while n < args.messages:
-                    f = await c.wait_for(lambda f: f["type"] == "message" and f.get("room") == "costs", timeout=30)
+                    await c.wait_for(lambda f: f["type"] == "message" and f.get("room") == "costs", timeout=30)
                     n += 1
             elapsed = time.monotonic() - started
             after = (redis_info(d), metrics(d))

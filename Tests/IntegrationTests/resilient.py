@@ -161,3 +161,22 @@ async def wait_until(predicate, timeout, what):
             return
         await asyncio.sleep(0.05)
     raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+async def stop_all(clients, tasks):
+    """Every client stopped and its connection closed, every task cancelled."""
+    for c in clients:
+        c.stop = True
+        if c.ws:
+            await c.ws.close()
+    for t in tasks:
+        t.cancel()
+
+
+async def everyone_has(clients, acked, timeout=60):
+    """Every client shows every acknowledged message, in order, once."""
+    await wait_until(lambda: all(set(r.shown) >= set(acked) for r in clients), timeout, "every client has every message")
+    for c in clients:
+        mine = [i for i in c.shown if i in set(acked)]
+        assert mine == acked, c.name            # no gap, nothing twice, in order
+        assert len(c.shown) == len(set(c.shown))

@@ -457,7 +457,7 @@ def test_a_lost_device_removed_from_another_browser_reads_nothing_sent_after(mak
     read(bob, m2)
     import json
     entries = [e for e in stream_entries(d, room) if e[2] == "text"]
-    (id1, _, _, b1), (id2, _, _, b2) = entries[-2], entries[-1]
+    (_, _, _, b1), (id2, _, _, b2) = entries[-2], entries[-1]
     env1, env2 = json.loads("{" + b1 + "}")["e2ee"], json.loads("{" + b2 + "}")["e2ee"]
     assert env1["sid"] != env2["sid"], "the chain did not rotate when the device was removed"
     attempt = """

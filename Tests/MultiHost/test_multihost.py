@@ -5,7 +5,7 @@ import asyncio
 import time
 
 from conftest import mended  # noqa: F401
-from resilient import ResilientClient, wait_until
+from resilient import ResilientClient, everyone_has, stop_all, wait_until
 from wsclient import Client, id_key, run
 
 
@@ -86,21 +86,12 @@ def resilient_scenario(cluster, victim_host, names, per_sender=40, expect_victim
         await wait_until(lambda: all(not s.pending for s in senders), 60, "every send acknowledged")
         acked = sorted({i for s in senders for i in s.acked.values()}, key=id_key)
         assert len(acked) == per_sender * len(senders)
-        await wait_until(lambda: all(set(r.shown) >= set(acked) for r in clients), 60, "every client has every message")
-        for c in clients:
-            mine = [i for i in c.shown if i in set(acked)]
-            assert mine == acked, c.name            # no gap, nothing twice, in order
-            assert len(c.shown) == len(set(c.shown))
+        await everyone_has(clients, acked)
         moved = [c for c in on_victim if any(t > cut_at for t in c.live_at)]
         out["victims"] = len(moved)
         out["back_after"] = sorted(round(min(t for t in c.live_at if t > cut_at) - cut_at, 2) for c in moved)
         out["workers_after"] = sorted({c.workers[-1] for c in moved})
-        for c in clients:
-            c.stop = True
-            if c.ws:
-                await c.ws.close()
-        for t in tasks:
-            t.cancel()
+        await stop_all(clients, tasks)
 
     try:
         run(scenario())
@@ -168,17 +159,9 @@ def test_the_redis_primary_killed_sentinel_promotes_a_replica_and_acknowledged_m
         after = [s.ack_times[r] for s in senders for r in s.ack_times if s.sent_at[r] > killed_at]
         out["back_after"] = round(min(after) - killed_at, 2)
         out["acked_before_kill"] = len(acked_before)
-        await wait_until(lambda: all(set(r.shown) >= set(acked) for r in clients), 60, "every client has every message")
-        for c in clients:
-            mine = [i for i in c.shown if i in set(acked)]
-            assert mine == acked, c.name
+        await everyone_has(clients, acked)
         out["acked"] = acked
-        for c in clients:
-            c.stop = True
-            if c.ws:
-                await c.ws.close()
-        for t in tasks:
-            t.cancel()
+        await stop_all(clients, tasks)
 
     run(scenario())
     primary = sentinel_primary()
