@@ -193,8 +193,12 @@ public final class RedisClient: Service, Sendable {
         user.map { ["AUTH", $0, password] } ?? ["AUTH", password]
     }
 
-    public func sendFuture(_ args: [String]) -> EventLoopFuture<RESPValue> {
-        guard let ch = channel.withLockedValue({ $0 }) else {
+    /// The connection now, to pin a sequence of commands to it (`pinned:`): one that has
+    /// closed since fails them with `unavailable` rather than send them on its successor.
+    public func currentChannel() -> Channel? { channel.withLockedValue { $0 } }
+
+    public func sendFuture(_ args: [String], pinned: Channel? = nil) -> EventLoopFuture<RESPValue> {
+        guard let ch = channel.withLockedValue({ $0 }), pinned == nil || pinned === ch else {
             return group.any().makeFailedFuture(RedisError.unavailable)
         }
         let promise = ch.eventLoop.makePromise(of: RESPValue.self)
@@ -215,19 +219,20 @@ public final class RedisClient: Service, Sendable {
     }
 
     /// `sendFuture` with error replies failed as `RedisError.server`, completed on `eventLoop`.
-    public func sendChecked(_ args: [String], on eventLoop: EventLoop) -> EventLoopFuture<RESPValue> {
-        sendFuture(args).hop(to: eventLoop).flatMapThrowing { value in
+    public func sendChecked(_ args: [String], on eventLoop: EventLoop, pinned: Channel? = nil) -> EventLoopFuture<RESPValue> {
+        sendFuture(args, pinned: pinned).hop(to: eventLoop).flatMapThrowing { value in
             if case let .error(message) = value { throw RedisError.server(message) }
             return value
         }
     }
 
     /// `evalScript` as a future completed on `eventLoop`.
-    public func evalScriptFuture(_ script: RedisScript, keys: [String], args: [String], on eventLoop: EventLoop) -> EventLoopFuture<RESPValue> {
+    public func evalScriptFuture(_ script: RedisScript, keys: [String], args: [String], on eventLoop: EventLoop,
+                                 pinned: Channel? = nil) -> EventLoopFuture<RESPValue> {
         let tail = [String(keys.count)] + keys + args
-        return sendChecked(["EVALSHA", script.sha1] + tail, on: eventLoop).flatMapError { error in
+        return sendChecked(["EVALSHA", script.sha1] + tail, on: eventLoop, pinned: pinned).flatMapError { error in
             guard let e = error as? RedisError, e.isNoScript else { return eventLoop.makeFailedFuture(error) }
-            return self.sendChecked(["EVAL", script.source] + tail, on: eventLoop)
+            return self.sendChecked(["EVAL", script.source] + tail, on: eventLoop, pinned: pinned)
         }
     }
 

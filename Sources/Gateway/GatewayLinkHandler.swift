@@ -23,7 +23,10 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     private let gatewayID: String
     private let auth: LinkAuth
     private let logger: Logger
-    private let onClose: @Sendable () -> Void
+    /// Called once the link is gone: `true` when it went silent (a cut network), so new streams
+    /// avoid the worker for a while; a clean close or a refused connection does not.
+    private let onClose: @Sendable (Bool) -> Void
+    private var wentSilent = false
     private let flusher: FlushCoalescer
     let ready: EventLoopPromise<Void>
     private var state: State
@@ -43,7 +46,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
     private let deadAfter: TimeAmount
 
     init(workerID: String, gatewayID: String, auth: LinkAuth, logger: Logger, ready: EventLoopPromise<Void>,
-         flusher: FlushCoalescer, deadAfter: TimeAmount, onClose: @escaping @Sendable () -> Void) throws {
+         flusher: FlushCoalescer, deadAfter: TimeAmount, onClose: @escaping @Sendable (Bool) -> Void) throws {
         self.deadAfter = deadAfter
         self.pingInterval = max(.milliseconds(100), .nanoseconds(deadAfter.nanoseconds / 5))
         self.workerID = workerID
@@ -84,7 +87,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         state = .closed
         pingTask?.cancel()
         ready.fail(LinkDown())
-        onClose()
+        onClose(wentSilent)
         let all = streams
         streams = [:]
         if wasReady { logger.warning("worker link lost; closing its streams", metadata: ["streams": "\(all.count)"]) }
@@ -161,6 +164,7 @@ final class GatewayLinkHandler: ChannelInboundHandler {
         guard let context else { return }
         if NIODeadline.now() - lastInbound > deadAfter {
             logger.warning("worker link silent; closing it")
+            wentSilent = true
             context.close(promise: nil)
             return
         }
@@ -349,10 +353,10 @@ final class GatewayLinks: Sendable {
         }
         let ready = loop.makePromise(of: Void.self)
         let gatewayID = self.gatewayID, auth = self.auth, logger = self.logger, deadAfter = self.deadAfter
-        let forget: @Sendable () -> Void = {
+        let forget: @Sendable (Bool) -> Void = { avoid in
             loop.execute {
                 table.value.links.removeValue(forKey: worker)
-                table.value.avoided.linkLost(worker, nowNs: NIODeadline.now().uptimeNanoseconds)
+                if avoid { table.value.avoided.linkLost(worker, nowNs: NIODeadline.now().uptimeNanoseconds) }
             }
         }
         let connected = ClientBootstrap(group: loop)
@@ -377,9 +381,11 @@ final class GatewayLinks: Sendable {
                 return NIOLoopBound(try channel.pipeline.syncOperations.handler(type: GatewayLinkHandler.self), eventLoop: loop)
             }
         }
-        link.whenFailure { _ in
+        link.whenFailure { error in
             ready.fail(LinkDown())
-            forget()
+            // A connect that timed out (a cut host) is avoided; one refused at once (a worker
+            // restarting) is simply tried again.
+            if case ChannelError.connectTimeout = error { forget(true) } else { forget(false) }
         }
         table.value.links[worker] = link
         return link

@@ -69,7 +69,8 @@ enum GatewayMain {
             requestTimeout = try options.double("request-timeout-seconds", default: 10)
             pingSeconds = try options.double("ping-seconds", default: 30)
             linkTimeoutMs = try options.int("worker-link-timeout-ms", default: 10_000)
-            guard (200...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--worker-link-timeout-ms must be 200...600000") }
+            // At least a second: one lost SYN, or a busy loop, must not drop healthy links.
+            guard (1000...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--worker-link-timeout-ms must be 1000...600000") }
             guard pingSeconds >= 0.1 else { throw Options.Invalid("--ping-seconds must be at least 0.1") }
             maxQueued = try options.int("max-queued-frames", default: 1024)
             maxQueuedBytes = try options.int("max-queued-bytes", default: 1 << 20)

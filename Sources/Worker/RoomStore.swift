@@ -22,9 +22,21 @@ struct RoomStore: Sendable {
     let limits: Limits
     let admins: Set<String>
     let refTTLSeconds = 180
-    /// `--redis-wait-replicas` and `--redis-wait-ms`: replicas that must have a message before its ack.
+    /// `--redis-wait-replicas` and `--redis-wait-ms`: replicas that must have a message before its
+    /// ack, asked on the `durable` connection.
     var waitReplicas = 0
     var waitMs = 500
+    var durable: RedisClient?
+    /// Every command of this value on that one channel (see `appendDurably`).
+    var pinned: Channel?
+
+    init(redis: RedisClient, streamMax: Int, limits: Limits, admins: Set<String>, pinned: Channel? = nil) {
+        self.redis = redis
+        self.streamMax = streamMax
+        self.limits = limits
+        self.admins = admins
+        self.pinned = pinned
+    }
 
     struct Limits: Sendable {
         var roomsPerUser = 500
@@ -391,7 +403,11 @@ struct RoomStore: Sendable {
     if ref ~= '' then
       refkey = 'sc:ref:' .. u .. ':' .. ref
       local prev = redis.call('GET', refkey)
-      if prev then return {'dup', prev} end
+      if prev then
+        -- A write, so that a WAIT after this script covers the original's offset too.
+        redis.call('EXPIRE', refkey, ARGV[10])
+        return {'dup', prev}
+      end
     end
     local m, err = visible(r, u, false)
     if err then return {'err', err} end
@@ -440,12 +456,12 @@ struct RoomStore: Sendable {
     func isAdmin(_ user: String) -> Bool { admins.contains(user) }
 
     func run(_ script: RedisScript, _ args: [String], on loop: EventLoop) -> EventLoopFuture<Outcome> {
-        Self.run(script, args, redis: redis, on: loop)
+        Self.run(script, args, redis: redis, on: loop, pinned: pinned)
     }
 
     /// Runs a script that answers `{'ok', …}` (or `{'dup', …}`) or `{'err', code, message?}`.
-    static func run(_ script: RedisScript, _ args: [String], redis: RedisClient, on loop: EventLoop) -> EventLoopFuture<Outcome> {
-        redis.evalScriptFuture(script, keys: [], args: args, on: loop).flatMapThrowing { reply in
+    static func run(_ script: RedisScript, _ args: [String], redis: RedisClient, on loop: EventLoop, pinned: Channel? = nil) -> EventLoopFuture<Outcome> {
+        redis.evalScriptFuture(script, keys: [], args: args, on: loop, pinned: pinned).flatMapThrowing { reply in
             guard let items = reply.array, let status = items.first?.string else { throw RedisError.unexpectedReply }
             switch status {
             case "ok", "dup": return .ok(items)
@@ -497,13 +513,25 @@ struct RoomStore: Sendable {
                 return .success((id, items[0].string == "ok"))
             }
         }
-        guard waitReplicas > 0 else { return stored }
-        // Acknowledged only once `waitReplicas` replicas have it (a first store or a repeat of
-        // one), so a failover right after the ack keeps it.
-        let redis = self.redis, n = waitReplicas, ms = waitMs
-        return stored.flatMap { result in
+        return stored
+    }
+
+    /// `append` acknowledged only once `waitReplicas` replicas have it, so a failover right
+    /// after the ack keeps it: the script and `WAIT` go on one connection (WAIT covers that
+    /// connection's writes; a repeat of a stored ref writes too), a connection of its own
+    /// (`durable`), since Redis runs nothing after a blocked WAIT on the same connection.
+    func appendDurably(room: String, user: String, kind: String, body: String, target: MessageID?, encrypted: Bool?,
+                       replyTo: MessageID?, ref: String?, on loop: EventLoop) -> EventLoopFuture<Result<(MessageID, Bool), Refusal>> {
+        guard waitReplicas > 0, let durable else {
+            return append(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted, replyTo: replyTo, ref: ref, on: loop)
+        }
+        guard let ch = durable.currentChannel() else { return loop.makeFailedFuture(RedisError.unavailable) }
+        let store = RoomStore(redis: durable, streamMax: streamMax, limits: limits, admins: admins, pinned: ch)
+        let n = waitReplicas, ms = waitMs
+        return store.append(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
+                            replyTo: replyTo, ref: ref, on: loop).flatMap { result in
             guard case .success = result else { return loop.makeSucceededFuture(result) }
-            return redis.sendChecked(["WAIT", String(n), String(ms)], on: loop).flatMapThrowing { reply in
+            return durable.sendChecked(["WAIT", String(n), String(ms)], on: loop, pinned: ch).flatMapThrowing { reply in
                 guard case let .integer(got) = reply, got >= n else { throw RedisError.notReplicated }
                 return result
             }

@@ -32,7 +32,9 @@ extension WorkerLinkHandler {
                 let limited = ServerFrame.error(code: "rate_limited", message: "too many requests", ref: ref,
                                                 retryAfterMs: max(1, Int((decision.retryAfter * 1000).rounded(.up))))
                 // A retry of a stored message is answered, not limited: the client only lost its ack.
-                if case .send = frame, let ref {
+                // (Not when acks wait for replicas: the retry comes back once allowed, and the
+                // store step confirms it then.)
+                if case .send = frame, let ref, ctx.rooms.waitReplicas == 0 {
                     return ctx.rooms.storedID(user: info.user, ref: ref, on: loop)
                         .map { stored in Reply(frame: stored.map { ServerFrame.ack(ref: ref, id: $0) } ?? limited) }
                         .flatMapErrorThrowing { _ in Reply(frame: limited) }
@@ -117,7 +119,7 @@ extension WorkerLinkHandler {
             }
         }
         func append(room: String, kind: String, body: String, target: MessageID?, encrypted: Bool?, replyTo: MessageID?, ref: String?) -> EventLoopFuture<ServerFrame?> {
-            rooms.append(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
+            rooms.appendDurably(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
                          replyTo: replyTo, ref: ref, on: loop).map { result in
                 switch result {
                 case let .success((id, new)):

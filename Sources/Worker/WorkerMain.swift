@@ -24,8 +24,8 @@ enum WorkerMain {
                                  once the primary has it); past --redis-wait-ms, `unavailable`, and the
                                  client sends it again with the same ref (default 500)
       --gateway-link-timeout-ms N  a gateway link silent this long is gone, with its streams (default
-                                 15000; keep it above the gateways' ping, a fifth of their
-                                 --worker-link-timeout-ms)
+                                 15000, at least 1000; keep it at three or more of the gateways' pings,
+                                 which come every fifth of their --worker-link-timeout-ms)
       --session-idle-seconds N, --session-max-seconds N   session lifetimes (default 43200, 604800)
       --admins A,B               deployment admins: remove members, change rooms and delete messages in
                                  any room but dms (default admin)
@@ -74,10 +74,11 @@ enum WorkerMain {
             linkTimeoutMs = try options.int("gateway-link-timeout-ms", default: 15_000)
             waitReplicas = try options.int("redis-wait-replicas", default: 0)
             waitMs = try options.int("redis-wait-ms", default: 500)
-            guard (0...16).contains(waitReplicas), (1...60_000).contains(waitMs) else {
-                throw Options.Invalid("--redis-wait-replicas must be 0...16 and --redis-wait-ms 1...60000")
+            guard (0...16).contains(waitReplicas), (1...2_000).contains(waitMs) else {
+                // Below the 5 s command timeout, with room for a few waits queued behind each other.
+                throw Options.Invalid("--redis-wait-replicas must be 0...16 and --redis-wait-ms 1...2000")
             }
-            guard (200...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--gateway-link-timeout-ms must be 200...600000") }
+            guard (1000...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--gateway-link-timeout-ms must be 1000...600000") }
             loops = try options.eventLoops()
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
                 throw Options.Invalid("--history must be 1...1000 and no more than --history-max")
@@ -100,6 +101,13 @@ enum WorkerMain {
         var rooms = RoomStore(redis: redis, streamMax: streamMax, limits: roomLimits, admins: admins)
         rooms.waitReplicas = waitReplicas
         rooms.waitMs = waitMs
+        // Appends that wait for replicas get a connection of their own: Redis runs nothing after
+        // a blocked WAIT on its connection, and the sessions, history and joins must not wait.
+        let durable = waitReplicas > 0
+            ? RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS,
+                          group: group, logger: logger, locator: locator)
+            : nil
+        rooms.durable = durable
         let hub = Hub(group: group, store: rooms, logger: logger)
         let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })
         let coordinator = CoordinatorLink(
@@ -155,6 +163,7 @@ enum WorkerMain {
             HeartbeatService(ctx: ctx, advertise: advertise, readiness: readiness),
             WorkerService(listen: listen, ctx: ctx, readiness: readiness, group: group, logger: logger, drainBatch: 50),
         ]
+        if let durable { services.insert(durable, at: 1) }
         do {
             if let metrics = try MetricsService(options: options, group: group, logger: logger) { services.append(metrics) }
         } catch {
@@ -164,6 +173,7 @@ enum WorkerMain {
         if locator.usesSentinels {
             services.append(SentinelWatcher(locator: locator, group: group, logger: logger) {
                 redis.reconnect()
+                durable?.reconnect()
                 subscriber.reconnect()
             })
         }
