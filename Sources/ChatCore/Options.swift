@@ -102,7 +102,7 @@ public struct Options: Sendable {
 }
 
 /// Where an internal service listens: a Unix domain socket or a TCP address.
-public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
+public enum Endpoint: Sendable, Hashable, CustomStringConvertible {
     case unix(path: String)
     case tcp(host: String, port: Int)
 

@@ -39,21 +39,27 @@ public struct RedisLocator: Sendable {
         return sentinels[k]
     }
 
-    /// The primary's address now.
+    /// The primary's address now: the one most Sentinels name, a majority of them (a Sentinel
+    /// that was cut off may still name a primary the others replaced; following it would split
+    /// the writes). No majority: unavailable, and the caller tries again.
     public func primary(group: EventLoopGroup, logger: Logger) async throws -> Endpoint {
         guard usesSentinels else { return fixed }
+        var votes: [Endpoint: Int] = [:]
         for _ in 0..<sentinels.count {
             let s = sentinel()
             do {
                 let reply = try await Self.ask(s, ["SENTINEL", "get-master-addr-by-name", masterName], group: group)
                 if let parts = reply.array, parts.count == 2, let host = parts[0].string, let port = parts[1].string.flatMap(Int.init) {
-                    return .tcp(host: host, port: port)
+                    votes[.tcp(host: host, port: port), default: 0] += 1
+                } else {
+                    logger.warning("a Sentinel does not know the primary", metadata: ["sentinel": "\(s)", "master": "\(masterName)"])
                 }
-                logger.warning("a Sentinel does not know the primary", metadata: ["sentinel": "\(s)", "master": "\(masterName)"])
             } catch {
                 logger.debug("a Sentinel did not answer", metadata: ["sentinel": "\(s)"])
             }
         }
+        if let (endpoint, n) = votes.max(by: { $0.value < $1.value }), n * 2 > sentinels.count { return endpoint }
+        logger.warning("the Sentinels do not agree on the primary; asking again", metadata: ["answers": "\(votes.count)"])
         throw RedisError.unavailable
     }
 

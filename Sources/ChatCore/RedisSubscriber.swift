@@ -14,16 +14,45 @@ final class SubscriberHandler: ChannelInboundHandler {
     let onError: @Sendable (String) -> Void
     /// The reply to `ROLE`, sent first with Sentinels: anything but the primary closes the link.
     let checkRole: Bool
+    /// A `PING` this often; a link silent for three of them is closed (a cut network closes
+    /// nothing, and a subscription only reads).
+    let keepalive: TimeAmount?
+    private var lastRead = NIODeadline.now()
+    private var keepaliveTask: RepeatedTask?
 
     init(onMessage: @escaping @Sendable (String, String) -> Void, onSubscribed: @escaping @Sendable (String) -> Void,
-         onError: @escaping @Sendable (String) -> Void = { _ in }, checkRole: Bool = false) {
+         onError: @escaping @Sendable (String) -> Void = { _ in }, checkRole: Bool = false, keepalive: TimeAmount? = nil) {
         self.checkRole = checkRole
+        self.keepalive = keepalive
         self.onMessage = onMessage
         self.onSubscribed = onSubscribed
         self.onError = onError
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        lastRead = context.eventLoop.now
+        if let every = keepalive {
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            keepaliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
+                let (h, context) = bound.value
+                if context.eventLoop.now - h.lastRead > .nanoseconds(every.nanoseconds * 3) {
+                    context.close(promise: nil)
+                    return
+                }
+                context.writeAndFlush(NIOAny(["PING"] as [String]), promise: nil)
+            }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        keepaliveTask?.cancel()
+        keepaliveTask = nil
+        context.fireChannelInactive()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastRead = context.eventLoop.now
         let value = unwrapInboundIn(data)
         if case let .error(message) = value {
             onError(message)
@@ -161,7 +190,7 @@ public final class RedisSubscriber: Service, Sendable {
                             // The reply's first word only (e.g. WRONGPASS, NOAUTH): never a secret.
                             let code = message.split(separator: " ").first.map(String.init) ?? "ERR"
                             logger.error("redis refused the subscription", metadata: ["redis": "\(endpoint)", "reply": "\(code)"])
-                        }, checkRole: checkRole),
+                        }, checkRole: checkRole, keepalive: .seconds(1)),
                     ])
                 }
             },

@@ -73,4 +73,24 @@ import Testing
             try RedisLocator.from(options: Options(arguments: ["--redis-sentinels", "nohostport"], environment: [:]), fixed: .unix(path: "/x"))
         }
     }
+
+    /// A cut network closes nothing: the subscription pings every second and gives up on a
+    /// link silent for three (fake clock).
+    @Test func aSilentLinkIsClosedAfterThreePings() throws {
+        let seen = Seen()
+        let handler = SubscriberHandler(onMessage: { _, _ in }, onSubscribed: { _ in }, keepalive: .seconds(1))
+        let ch = EmbeddedChannel(handler: handler)
+        try ch.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
+        let loop = ch.embeddedEventLoop
+        loop.advanceTime(by: .seconds(1))
+        #expect(try ch.readOutbound(as: [String].self) == ["PING"])
+        loop.advanceTime(by: .seconds(1))
+        try ch.writeInbound(RESPValue.array([.bulk("pong"), .bulk("")]))   // an answer keeps it open
+        loop.advanceTime(by: .seconds(3))
+        #expect(ch.isActive)
+        loop.advanceTime(by: .seconds(1))
+        #expect(!ch.isActive)
+        _ = seen
+    }
 }
+
