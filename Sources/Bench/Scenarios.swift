@@ -321,7 +321,7 @@ func coordinatorScenario(options: Options, group: EventLoopGroup) async throws -
     var logger = Logger(label: "bench")
     logger.logLevel = .error
     let clients = (0..<links).map { _ in
-        CoordinatorLink(endpoint: endpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
+        CoordinatorLink(endpoints: [endpoint], secret: options.string("cluster-secret"), group: group, logger: logger)
     }
     // The links run in child tasks of this scenario and end with it.
     return try await withThrowingTaskGroup(of: Void.self) { runs in

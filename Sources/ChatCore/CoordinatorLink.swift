@@ -7,8 +7,9 @@ import ServiceLifecycle
 
 /// Why a coordinator call failed. Callers fall back (local rate limiter, cached routes).
 public struct CoordinatorUnavailable: Error, CustomStringConvertible {
-    public var description: String { "coordinator unavailable" }
-    public init() {}
+    public var reason: String?
+    public var description: String { "coordinator unavailable" + (reason.map { ": " + $0 } ?? "") }
+    public init(_ reason: String? = nil) { self.reason = reason }
 }
 
 /// Client side of a coordinator link: pipelined requests matched by id, pushed events to a callback.
@@ -34,9 +35,12 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
         do {
             let buffer = try CoordinatorCodec.encode(.request(id: id, request), allocator: context.channel.allocator)
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let channel = context.channel
             let timer = context.eventLoop.scheduleTask(in: timeout) {
                 loopBound.value.pending.removeValue(forKey: id)?.promise.fail(CoordinatorUnavailable())
-                return ()
+                // A coordinator that does not answer in time is treated as gone (cut off, paused):
+                // the link closes and the next coordinator is tried.
+                channel.close(promise: nil)
             }
             pending[id] = (reply, timer)
             context.write(wrapOutboundOut(buffer), promise: promise)
@@ -81,21 +85,30 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
 
 /// A link to the coordinator that reconnects with backoff for as long as it runs.
 /// `onConnect` runs after each (re)connection (workers mark their registration as due there).
+///
+/// Given several coordinators (`--coordinator a,b`), it keeps to the one that says it is
+/// active, under an epoch no older than the newest seen (`CoordinatorChoice`), and moves on
+/// after any failure. Every half second it asks `hello` again: a link that goes unanswered
+/// for the request timeout, or whose coordinator is no longer active, is closed.
 public final class CoordinatorLink: Service, Sendable {
-    public let endpoint: Endpoint
+    public let endpoints: [Endpoint]
+    public var endpoint: Endpoint { endpoints[0] }
     private let group: EventLoopGroup
     private let logger: Logger
     private let secret: String?
     private let timeout: TimeAmount
     private let channel = NIOLockedValueBox<Channel?>(nil)
+    private let choice: NIOLockedValueBox<CoordinatorChoice>
     private let onEvent: @Sendable (CoordinatorFrame) -> Void
     private let onConnect: @Sendable (CoordinatorLink) async -> Void
+    static let keepalive = TimeAmount.milliseconds(500)
 
-    public init(endpoint: Endpoint, secret: String?, group: EventLoopGroup, logger: Logger,
+    public init(endpoints: [Endpoint], secret: String?, group: EventLoopGroup, logger: Logger,
                 timeout: TimeAmount = .seconds(2),
                 onEvent: @escaping @Sendable (CoordinatorFrame) -> Void = { _ in },
                 onConnect: @escaping @Sendable (CoordinatorLink) async -> Void = { _ in }) {
-        self.endpoint = endpoint
+        self.endpoints = endpoints
+        self.choice = NIOLockedValueBox(CoordinatorChoice(endpoints: endpoints))
         self.secret = secret
         self.group = group
         self.logger = logger
@@ -106,19 +119,24 @@ public final class CoordinatorLink: Service, Sendable {
 
     public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
 
+    /// The newest coordinator epoch this link has accepted (0 without an election).
+    public var epoch: UInt64 { choice.withLockedValue { $0.newestEpoch } }
+
     public func run() async throws {
-        let endpoint = self.endpoint, group = self.group, timeout = self.timeout, onEvent = self.onEvent
-        let secret = self.secret, logger = self.logger, onConnect = self.onConnect
-        await Reconnector(what: "coordinator", endpoint: endpoint, logger: logger, base: 0.05, cap: 0.5, current: channel).run(
+        let group = self.group, timeout = self.timeout, onEvent = self.onEvent
+        let secret = self.secret, logger = self.logger, onConnect = self.onConnect, choice = self.choice
+        let place = endpoints.map(\.description).joined(separator: ",")
+        await Reconnector(what: "coordinator", place: place, logger: logger, base: 0.05, cap: 0.5, current: channel).run(
             connect: {
-                try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
+                let target = choice.withLockedValue { $0.current }
+                return try await RedisClient.connect(endpoint: target, group: group) { ch in
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(LengthPrefixedDecoder()),
                         CoordinatorClientHandler(timeout: timeout, onEvent: onEvent),
                     ])
                 }
             },
-            established: { _ in
+            established: { ch in
                 if let secret {
                     // Mutual challenge-response: each side proves the secret over both nonces.
                     let auth = LinkAuth(secret: secret)
@@ -134,8 +152,45 @@ public final class CoordinatorLink: Service, Sendable {
                         throw CoordinatorUnavailable()
                     }
                 }
+                let answer = try await self.call(.hello)
+                guard self.judge(answer, link: ch) else {
+                    throw CoordinatorUnavailable(answer == .standby ? "a standby (tried the next)" : "refused: not active or fenced")
+                }
+                self.keepAsking(ch)
                 await onConnect(self)
+            },
+            ended: {
+                choice.withLockedValue { $0.moveOn() }
             })
+    }
+
+    /// Applies the fencing rule to a `hello` answer; false (and logged) when the link must go.
+    private func judge(_ answer: CoordinatorResponse, link: Channel) -> Bool {
+        let epoch: UInt64?
+        if case let .leader(e) = answer { epoch = e } else { epoch = nil }
+        let (verdict, endpoint) = choice.withLockedValue { ($0.judge(epoch: epoch), $0.current) }
+        switch verdict {
+        case .accept:
+            return true
+        case .notActive:
+            logger.debug("coordinator is not the active one; trying the next", metadata: ["coordinator": "\(endpoint)"])
+            return false
+        case let .stale(e, newest):
+            logger.warning("coordinator answers under an older epoch than one already seen; refused (fenced)",
+                           metadata: ["coordinator": "\(endpoint)", "epoch": "\(e)", "newest_epoch": "\(newest)"])
+            return false
+        }
+    }
+
+    /// Every half second, `hello` on `link`: unanswered in time (the handler closes the link),
+    /// or not active (closed here), and the next coordinator is tried.
+    private func keepAsking(_ link: Channel) {
+        let task = link.eventLoop.scheduleRepeatedTask(initialDelay: Self.keepalive, delay: Self.keepalive) { _ in
+            self.callFuture(.hello).whenSuccess { answer in
+                if !self.judge(answer, link: link) { link.close(promise: nil) }
+            }
+        }
+        link.closeFuture.whenComplete { _ in task.cancel() }
     }
 
     /// Sends one request; throws `CoordinatorUnavailable` when there is no link or no answer in time.

@@ -87,9 +87,15 @@ public struct GCRA: Sendable {
     /// Bound on remembered keys; stale ones are pruned first.
     public let maxKeys: Int
 
-    public init(limits: RateLimits, maxKeys: Int = 1_000_000) {
+    /// When set: every key not seen yet counts as having spent its whole burst at this time (a
+    /// coordinator that takes over does not know what its predecessor allowed, so it assumes
+    /// the most). It refills at the normal rate; a burst later it makes no difference.
+    public let spentAt: Double?
+
+    public init(limits: RateLimits, maxKeys: Int = 1_000_000, spentAt: Double? = nil) {
         self.limits = limits
         self.maxKeys = maxKeys
+        self.spentAt = spentAt
     }
 
     public var keyCount: Int { tat.count }
@@ -99,7 +105,7 @@ public struct GCRA: Sendable {
         let limit = limits[kind]
         let fullKey = "\(kind.rawValue):\(key)"
         let tolerance = limit.interval * Double(limit.burst - 1)
-        let current = max(tat[fullKey] ?? now, now)
+        let current = max(tat[fullKey] ?? floor(limit, now: now), now)
         if current - now > tolerance {
             return Decision(allowed: false, retryAfter: current - now - tolerance)
         }
@@ -108,6 +114,22 @@ public struct GCRA: Sendable {
             if tat.count < maxKeys || tat[fullKey] != nil { tat[fullKey] = current + limit.interval }
         }
         return Decision(allowed: true, retryAfter: 0)
+    }
+
+    /// A key's state before it is seen: now, or its burst spent at `spentAt`.
+    private func floor(_ limit: RateLimit, now: Double) -> Double {
+        guard let spentAt else { return now }
+        return max(now, spentAt + limit.interval * Double(limit.burst))
+    }
+
+    /// Records a cell spent elsewhere (the coordinator allowed it), whatever this state says:
+    /// the local shadow that a fallback starts from.
+    public mutating func record(kind: RateLimitKind, key: String, now: Double) {
+        let limit = limits[kind]
+        let fullKey = "\(kind.rawValue):\(key)"
+        if tat.count >= maxKeys, tat[fullKey] == nil { prune(now: now) }
+        guard tat.count < maxKeys || tat[fullKey] != nil else { return }
+        tat[fullKey] = max(tat[fullKey] ?? floor(limit, now: now), now) + limit.interval
     }
 
     /// Gives back one cell spent on `key` (a login that succeeded, or was refused elsewhere).

@@ -126,6 +126,13 @@ public enum Endpoint: Sendable, Hashable, CustomStringConvertible {
         self = .tcp(host: host.isEmpty ? "127.0.0.1" : host, port: port)
     }
 
+    /// A comma-separated list of endpoints (`--coordinator a:7001,b:7001`), at least one.
+    public static func list(parsing text: String) throws -> [Endpoint] {
+        let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !parts.isEmpty else { throw Options.Invalid("'\(text)' names no endpoint") }
+        return try parts.map { try Endpoint(parsing: $0) }
+    }
+
     public var description: String {
         switch self {
         case let .unix(path): return "unix:" + path

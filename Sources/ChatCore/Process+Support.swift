@@ -37,7 +37,8 @@ public enum ProcessSupport {
                                  primary they name (its ROLE checked), and follows +switch-master and
                                  READONLY to the next one; --redis-url is then unused
       --redis-master-name NAME   the primary's name at the Sentinels (default sc)
-      --coordinator ADDR         coordinator socket path or host:port (default <state-dir>/coordinator.sock)
+      --coordinator ADDR[,ADDR]  coordinator socket path or host:port (default <state-dir>/coordinator.sock);
+                                 several: the active one and its standbys, whichever holds the lease
       --cluster-secret S         secret every internal link proves (prefer the environment)
       --msg-burst N, --msg-per-second R        per-user message limit (default 5, 1)
       --login-user-per-minute N, --login-address-per-minute N   failed-login limits (default 5, 20)

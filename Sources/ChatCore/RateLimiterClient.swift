@@ -6,15 +6,18 @@ import Proto
 
 /// Asks the coordinator for global rate decisions; while it cannot be reached,
 /// decides locally with the same parameters (logged once per outage, counted).
+/// Every cell the coordinator allows through this process is also recorded locally, so a
+/// fallback starts from what this process has let through, not from full buckets: a user
+/// whose connections are all here keeps exactly their limit while coordinators change.
 public final class RateLimiterClient: Sendable {
     private let link: CoordinatorLink
     private let logger: Logger
-    private let local: NIOLockedValueBox<(gcra: GCRA, fallingBack: Bool, fallbacks: Int)>
+    private let local: NIOLockedValueBox<(gcra: GCRA, fallingBack: Bool, fallbacks: Int, recorded: Int)>
 
     public init(link: CoordinatorLink, limits: RateLimits, logger: Logger) {
         self.link = link
         self.logger = logger
-        self.local = NIOLockedValueBox((GCRA(limits: limits), false, 0))
+        self.local = NIOLockedValueBox((GCRA(limits: limits), false, 0, 0))
     }
 
     /// Number of decisions taken locally so far.
@@ -25,7 +28,7 @@ public final class RateLimiterClient: Sendable {
     public func check(_ kind: RateLimitKind, key: String, consume: Bool = true, on eventLoop: EventLoop) -> EventLoopFuture<GCRA.Decision> {
         link.callFuture(.rateCheck(kind: kind, key: key, consume: consume)).hop(to: eventLoop).flatMapThrowing { response in
             guard case let .rate(allowed, retryAfterMs) = response else { throw CoordinatorUnavailable() }
-            self.restored()
+            self.restored(recording: allowed && consume ? (kind, key) : nil)
             return GCRA.Decision(allowed: allowed, retryAfter: Double(retryAfterMs) / 1000)
         }.flatMapErrorThrowing { _ in
             self.decideLocally(kind, key: key, consume: consume)
@@ -43,9 +46,16 @@ public final class RateLimiterClient: Sendable {
         }
     }
 
-    private func restored() {
+    private func restored(recording spent: (RateLimitKind, String)?) {
+        let now = Date().timeIntervalSince1970
         let wasFallingBack = local.withLockedValue { s -> Bool in
             defer { s.fallingBack = false }
+            if let (kind, key) = spent {
+                s.gcra.record(kind: kind, key: key, now: now)
+                // Spent cells drop out once refilled; pruning now and then bounds the shadow.
+                s.recorded += 1
+                if s.recorded % 10_000 == 0, s.gcra.keyCount > 100_000 { s.gcra.prune(now: now) }
+            }
             return s.fallingBack
         }
         if wasFallingBack { logger.info("coordinator back; global rate limits restored") }

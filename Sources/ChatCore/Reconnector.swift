@@ -37,7 +37,8 @@ public struct LinkHealth: Sendable, Equatable {
 /// close, back off with jitter, again, until the service is cancelled or shuts down.
 public struct Reconnector: Sendable {
     public let what: String
-    public let endpoint: Endpoint
+    /// Where it connects, as the logs name it.
+    public let place: String
     public let logger: Logger
     public let base: Double
     public let cap: Double
@@ -45,8 +46,12 @@ public struct Reconnector: Sendable {
     public let current: NIOLockedValueBox<Channel?>
 
     public init(what: String, endpoint: Endpoint, logger: Logger, base: Double, cap: Double, current: NIOLockedValueBox<Channel?>) {
+        self.init(what: what, place: endpoint.description, logger: logger, base: base, cap: cap, current: current)
+    }
+
+    public init(what: String, place: String, logger: Logger, base: Double, cap: Double, current: NIOLockedValueBox<Channel?>) {
         self.what = what
-        self.endpoint = endpoint
+        self.place = place
         self.logger = logger
         self.base = base
         self.cap = cap
@@ -100,12 +105,12 @@ public struct Reconnector: Sendable {
     private func report(_ r: LinkHealth.Report?, error: Error?) {
         switch r {
         case .unreachable?:
-            logger.warning("\(what) unreachable", metadata: [what: "\(endpoint)", "error": "\(error.map { "\($0)" } ?? "")"])
+            logger.warning("\(what) unreachable", metadata: [what: "\(place)", "error": "\(error.map { "\($0)" } ?? "")"])
         case .lost?:
-            logger.warning("\(what) connection lost", metadata: [what: "\(endpoint)"])
+            logger.warning("\(what) connection lost", metadata: [what: "\(place)"])
         case .reconnected?:
             Telemetry.linkReconnects(what).increment()
-            logger.info("\(what) reconnected", metadata: [what: "\(endpoint)"])
+            logger.info("\(what) reconnected", metadata: [what: "\(place)"])
         case nil:
             break
         }

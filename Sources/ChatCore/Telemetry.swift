@@ -74,6 +74,11 @@ public enum Telemetry {
     // MARK: coordinator
     public static let usersOnline = Metrics.Gauge(label: "securechat_users_online")
     public static let workersLive = Metrics.Gauge(label: "securechat_workers_live")
+    /// 1 while this coordinator holds the lease and serves, 0 while a standby.
+    public static let coordinatorActive = Metrics.Gauge(label: "securechat_coordinator_active")
+    /// The epoch (fencing token) this coordinator last became active under.
+    public static let coordinatorEpoch = Metrics.Gauge(label: "securechat_coordinator_epoch")
+    public static let coordinatorTakeovers = Metrics.Counter(label: "securechat_coordinator_takeovers_total")
     /// Made once per (kind, result): a rate check is per message, and making a counter is a
     /// registry lookup under a lock.
     private static let rateCheckCounters: [String: Metrics.Counter] = {

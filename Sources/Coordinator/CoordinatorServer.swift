@@ -13,23 +13,96 @@ final class CoordinatorCore: Sendable {
     struct State {
         var table: WorkerTable
         var limiter: GCRA
+        /// Registered workers' links (presence goes to them).
         var links: [ObjectIdentifier: Channel] = [:]
         var workerLinks: [String: ObjectIdentifier] = [:]
+        /// Every open link, registered or not (closed when this coordinator steps down).
+        var allLinks: [ObjectIdentifier: Channel] = [:]
+        /// Presence is authoritative once every live worker has had time to register again
+        /// (workers retry the link at least every 0.5 s and register at once).
+        var settledAt: Double
+        var snapshotSent = false
+        /// Active under this epoch until this moment (monotonic); nil while a standby.
+        var leadership: (epoch: UInt64, until: Double)?
+
+        func isActive(now: Double) -> Bool { leadership.map { now < $0.until } ?? false }
     }
 
     let state: NIOLockedValueBox<State>
     let logger: Logger
     let secret: String?
-    /// Presence is authoritative once every live worker has had time to register again
-    /// (workers retry the link at least every 0.5 s and register at once).
-    let settledAt: Double
-    private let snapshotSent = NIOLockedValueBox(false)
+    let limits: RateLimits
+    let leaseDuration: Double
+    let maxSocketsPerUser: Int
+    let settle: Double
 
-    init(limits: RateLimits, leaseDuration: Double, settle: Double, secret: String?, logger: Logger, maxSocketsPerUser: Int = .max) {
-        state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser), limiter: GCRA(limits: limits)))
+    /// `elected`: this coordinator serves only while it holds the lease (`activate`); without,
+    /// it is the only one and always active, under epoch 0.
+    init(limits: RateLimits, leaseDuration: Double, settle: Double, secret: String?, logger: Logger, maxSocketsPerUser: Int = .max,
+         elected: Bool = false) {
+        let now = Self.now()
+        state = NIOLockedValueBox(State(table: WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser), limiter: GCRA(limits: limits),
+                                        settledAt: now + settle, leadership: elected ? nil : (0, .infinity)))
         self.secret = secret
         self.logger = logger
-        self.settledAt = Self.now() + settle
+        self.limits = limits
+        self.leaseDuration = leaseDuration
+        self.maxSocketsPerUser = maxSocketsPerUser
+        self.settle = settle
+    }
+
+    /// Holds the lease under `epoch` until `until`. A new epoch starts from nothing: no workers
+    /// (they register as they find this coordinator) and presence settling anew. When another
+    /// coordinator was active lately (`predecessor`: the last moment it may have served, by the
+    /// wall clock: its last renewal plus the lease), every rate
+    /// limit's burst counts as spent at the last moment it may have served (what it allowed is
+    /// unknown), so the limits hold across the takeover; after a cold start they start full.
+    func activate(epoch: UInt64, until: Double, predecessor: Double? = nil) {
+        let now = Self.now()
+        // The last moment it may have served, on our monotonic clock (never later than now).
+        let spentAt = predecessor.map { now - max(0, Date().timeIntervalSince1970 - $0) }
+        let fresh = state.withLockedValue { s -> Bool in
+            if let l = s.leadership, l.epoch == epoch {
+                s.leadership = (epoch, max(l.until, until))
+                return false
+            }
+            s.table = WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser)
+            s.limiter = GCRA(limits: limits, spentAt: spentAt)
+            s.links = [:]
+            s.workerLinks = [:]
+            s.settledAt = now + settle
+            s.snapshotSent = false
+            s.leadership = (epoch, until)
+            return true
+        }
+        if fresh {
+            Telemetry.coordinatorActive.record(1)
+            Telemetry.coordinatorEpoch.record(Int64(epoch))
+            Telemetry.coordinatorTakeovers.increment()
+            logger.notice("coordinator active", metadata: ["epoch": "\(epoch)", "wall_time": "\(Date().timeIntervalSince1970)",
+                                                          "limits": "\(spentAt == nil ? "full (no coordinator active lately)" : "bursts spent (taking over)")"])
+        }
+    }
+
+    /// No longer active: every link is closed (clients go to the next coordinator) and the
+    /// state is dropped.
+    func deactivate(reason: String) {
+        let links = state.withLockedValue { s -> [Channel] in
+            guard s.leadership != nil else { return [] }
+            s.leadership = nil
+            s.links = [:]
+            s.workerLinks = [:]
+            s.table = WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser)
+            return Array(s.allLinks.values)
+        }
+        Telemetry.coordinatorActive.record(0)
+        logger.notice("coordinator stepped down", metadata: ["reason": "\(reason)", "links_closed": "\(links.count)",
+                                                            "wall_time": "\(Date().timeIntervalSince1970)"])
+        for link in links { link.close(promise: nil) }
+    }
+
+    func linkOpened(_ link: Channel) {
+        state.withLockedValue { $0.allLinks[ObjectIdentifier(link)] = link }
     }
 
     static func now() -> Double {
@@ -44,14 +117,18 @@ final class CoordinatorCore: Sendable {
         var events: [Presence.Transition] = []
         var snapshotFor: Channel?
         let response: CoordinatorResponse = state.withLockedValue { s in
+            // A standby, or a coordinator whose lease may have lapsed, answers nothing else.
+            guard s.isActive(now: now), let epoch = s.leadership?.epoch else { return .standby }
             switch request {
+            case .hello:
+                return .leader(epoch: epoch)
             case .authBegin, .authFinish:
                 return .ok
             case let .register(worker, address, connections):
                 events = s.table.register(worker: worker, address: address, connections: connections, now: now)
                 s.links[linkID] = link
                 s.workerLinks[worker] = linkID
-                if now >= settledAt { snapshotFor = link }
+                if now >= s.settledAt { snapshotFor = link }
                 logger.info("worker registered", metadata: ["worker.id": "\(worker)", "connections": "\(connections.count)"])
                 return .ok
             case let .heartbeat(worker, _):
@@ -105,22 +182,21 @@ final class CoordinatorCore: Sendable {
     /// Lease expiry and limiter pruning; runs on a timer.
     func tick() {
         let now = Self.now()
-        let (expired, events) = state.withLockedValue { s in
+        let (expired, events, firstTime) = state.withLockedValue { s -> ([String], [Presence.Transition], Bool) in
+            guard s.isActive(now: now) else { return ([], [], false) }
             let r = s.table.expire(now: now)
             Telemetry.usersOnline.record(s.table.presence.counts.count)
             Telemetry.workersLive.record(s.table.liveWorkerCount)
             for id in r.expired { s.workerLinks.removeValue(forKey: id) }
             if s.limiter.keyCount > 100_000 { s.limiter.prune(now: now) }
-            return r
+            let first = now >= s.settledAt && !s.snapshotSent
+            if first { s.snapshotSent = true }
+            return (r.expired, r.events, first)
         }
         for id in expired { logger.warning("worker lease lapsed; dropped", metadata: ["worker.id": "\(id)"]) }
         publish(events)
         // After a (re)start, once workers have had a lease period to re-register, presence is exact again:
         // workers diff it against what their clients were told.
-        let firstTime = now >= settledAt && snapshotSent.withLockedValue { sent in
-            defer { sent = true }
-            return !sent
-        }
         if firstTime {
             logger.info("presence settled; snapshot sent to workers")
             sendSnapshot()
@@ -130,6 +206,7 @@ final class CoordinatorCore: Sendable {
     func linkClosed(_ link: Channel) {
         let id = ObjectIdentifier(link)
         state.withLockedValue { s in
+            s.allLinks.removeValue(forKey: id)
             s.links.removeValue(forKey: id)
             for (worker, l) in s.workerLinks where l == id {
                 // Probably dead: stop routing to it now; its presence goes when the lease lapses.
@@ -250,7 +327,12 @@ final class CoordinatorServerHandler: ChannelInboundHandler {
         if let buffer = try? CoordinatorCodec.encode(.response(id: id, response), allocator: context.channel.allocator) {
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         }
-        if response == .denied { context.close(promise: nil) }
+        if response == .denied || response == .standby { context.close(promise: nil) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        core.linkOpened(context.channel)
+        context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

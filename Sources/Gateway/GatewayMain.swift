@@ -49,7 +49,7 @@ enum GatewayMain {
         let host = options.string("host", default: "0.0.0.0")
         let port: Int, idle: Int, absolute: Int, requestTimeout: Double, pingSeconds: Double, maxQueued: Int, maxQueuedBytes: Int
         let flushCoalesceMs: Double, loops: Int, maxLogins: Int, linkTimeoutMs: Int
-        let redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
+        let redisEndpoint: Endpoint, coordinatorEndpoints: [Endpoint]
         let limits: RateLimits
         let tls: NIOSSLContext
         let users: UsersStore
@@ -85,7 +85,7 @@ enum GatewayMain {
             idle = try options.int("session-idle-seconds", default: 12 * 3600)
             absolute = try options.int("session-max-seconds", default: 7 * 86400)
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
-            coordinatorEndpoint = try Endpoint(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
+            coordinatorEndpoints = try Endpoint.list(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
             limits = try RateLimits(options: options)
             let certPath = options.string("cert", default: "\(stateDir)/tls/cert.pem")
             let keyPath = options.string("key", default: "\(stateDir)/tls/key.pem")
@@ -112,7 +112,7 @@ enum GatewayMain {
         let locator: RedisLocator
         do { locator = try RedisLocator.from(options: options, fixed: redisEndpoint) } catch { ProcessSupport.fail("\(error)") }
         let redis = RedisClient(endpoint: redisEndpoint, password: options.string("redis-password"), user: options.string("redis-user"), tls: redisTLS, group: group, logger: logger, locator: locator)
-        let coordinator = CoordinatorLink(endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger)
+        let coordinator = CoordinatorLink(endpoints: coordinatorEndpoints, secret: options.string("cluster-secret"), group: group, logger: logger)
         let directory = WorkerDirectory(link: coordinator, logger: logger)
         let gatewayID = options.string("id", default: "gateway-\(getpid())")
         let ctx = GatewayContext(

@@ -17,7 +17,7 @@ struct RunCommand {
                                "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol", "max-file-bytes", "files-quota-bytes"]
     /// Its own flags and those it passes on to its children.
     static let flags = Set(["workers", "gateways", "port", "host", "users-file", "cert", "key", "web-dir", "public-origin",
-                            "redis-server", "worker-event-loops"] + coordinatorFlags + workerFlags + gatewayFlags)
+                            "redis-server", "worker-event-loops", "coordinators", "leader-lease-ms"] + coordinatorFlags + workerFlags + gatewayFlags)
 
     /// A port of 127.0.0.1 free just now (the kernel's pick; the child binds it a moment later).
     static func freeLoopbackPort() throws -> Int {
@@ -78,7 +78,13 @@ struct RunCommand {
                 "--loglevel", "warning", "--logfile", "",
             ]))
         }
-        let coordinator = options.string("coordinator", default: stateDir + "/coordinator.sock")
+        // Several coordinators: one active, the others standing by, elected through a lease in Redis.
+        let coordinators = try options.int("coordinators", default: 1)
+        guard (1...5).contains(coordinators) else { throw Options.Invalid("--coordinators must be 1...5") }
+        let leaderLeaseMs = try options.int("leader-lease-ms", default: 2000)
+        let coordinatorSockets = coordinators == 1 ? [options.string("coordinator", default: stateDir + "/coordinator.sock")]
+            : (1...coordinators).map { "\(stateDir)/coordinator-\($0).sock" }
+        let coordinator = coordinatorSockets.joined(separator: ",")
         var common = ["--state-dir", stateDir, "--redis-url", redisURL, "--coordinator", coordinator,
                       "--parent-pid", String(getpid()), "--log-level", options.string("log-level", default: "info")]
         // Secrets reach the children through their environment, never their argv (which `ps` shows).
@@ -108,7 +114,15 @@ struct RunCommand {
             metrics.append((child, "http://127.0.0.1:\(port)/metrics"))
             return ["--metrics-listen", "127.0.0.1:\(port)"]
         }
-        children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs + (try metricsArgs("coordinator"))))
+        if coordinators == 1 {
+            children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs + (try metricsArgs("coordinator"))))
+        } else {
+            for (i, socket) in coordinatorSockets.enumerated() {
+                let name = "coordinator-\(i + 1)"
+                let args = coordinatorArgs + ["--id", name, "--listen", socket, "--leader-lease-ms", String(leaderLeaseMs), "--settle-seconds", "1"]
+                children.append(Child(name: name, executable: bin + "/securechat-coordinator", arguments: args + (try metricsArgs(name))))
+            }
+        }
         // Workers on one machine share its cores: one event loop each per core they can have,
         // not one per core each (threads that outnumber cores only wake one another).
         let workerLoops = try options.int("worker-event-loops", default: max(1, ProcessInfo.processInfo.activeProcessorCount / workers))
@@ -141,8 +155,10 @@ struct RunCommand {
         for child in children {
             try child.start(logger: logger)
             if child.name == "redis" { try await waitForSocket(redisURL, seconds: 10) }
-            if child.name == "coordinator", !coordinator.contains(":") || coordinator.hasPrefix("/") {
-                try await waitForSocket(coordinator, seconds: 10)
+            if child.name.hasPrefix("coordinator") {
+                for socket in coordinatorSockets where !socket.contains(":") || socket.hasPrefix("/") {
+                    if child.name == "coordinator" || socket.hasSuffix("/\(child.name).sock") { try await waitForSocket(socket, seconds: 10) }
+                }
             }
         }
         print("SecureChat is running: open https://localhost:\(port) in a browser (admin / password123 with the shipped users.json).")
@@ -170,7 +186,7 @@ struct RunCommand {
                 g.addTask { await c.stop(within: 20) }
             }
         }
-        for c in children where c.name == "coordinator" { await c.stop(within: 5) }
+        for c in children where c.name.hasPrefix("coordinator") { await c.stop(within: 5) }
         for c in children where c.name == "redis" { await c.stop(within: 10) }
         logger.info("stopped")
     }

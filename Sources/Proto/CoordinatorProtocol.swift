@@ -65,6 +65,9 @@ public enum CoordinatorRequest: Codable, Equatable, Sendable {
     case status
     /// Every routable worker, for gateways to route on their own while the coordinator is away.
     case listWorkers
+    /// Asked after the handshake and then every half second: is this coordinator the active
+    /// one, and under which epoch? Answered `leader` or `standby`.
+    case hello
 }
 
 /// The coordinator's answer to one request.
@@ -83,6 +86,12 @@ public enum CoordinatorResponse: Codable, Equatable, Sendable {
     case status(workers: Int, online: Int)
     case workers([WorkerInfo])
     case failure(String)
+    /// This coordinator is the active one, under `epoch` (the fencing token: it grows with
+    /// every takeover; 0 for a coordinator that runs without an election).
+    case leader(epoch: UInt64)
+    /// This coordinator is a standby (or has just lost its lease): it answers nothing else and
+    /// closes the link. Clients try the next coordinator.
+    case standby
 }
 
 /// What travels on a coordinator link.

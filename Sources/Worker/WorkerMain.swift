@@ -43,7 +43,7 @@ enum WorkerMain {
         let baseLogger = ProcessSupport.bootstrapLogging(options: options, label: "securechat.worker")
         let stateDir = options.string("state-dir", default: ".state")
         let workerID = options.string("id", default: "worker-\(getpid())")
-        let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoint: Endpoint
+        let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoints: [Endpoint]
         let limits: RateLimits
         let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int, linkTimeoutMs: Int
         let waitReplicas: Int, waitMs: Int
@@ -64,7 +64,7 @@ enum WorkerMain {
                 throw Options.Invalid("--listen on TCP needs --cluster-secret (or SECURECHAT_CLUSTER_SECRET)")
             }
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
-            coordinatorEndpoint = try Endpoint(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
+            coordinatorEndpoints = try Endpoint.list(parsing: options.string("coordinator", default: "\(stateDir)/coordinator.sock"))
             limits = try RateLimits(options: options)
             historyCount = try options.int("history", default: 50)
             streamMax = try options.int("history-max", default: 10_000)
@@ -111,7 +111,7 @@ enum WorkerMain {
         let hub = Hub(group: group, store: rooms, logger: logger)
         let readiness = WorkerReadiness(isRelaying: { hub.isRelaying })
         let coordinator = CoordinatorLink(
-            endpoint: coordinatorEndpoint, secret: options.string("cluster-secret"), group: group, logger: logger,
+            endpoints: coordinatorEndpoints, secret: options.string("cluster-secret"), group: group, logger: logger,
             onEvent: { frame in
                 switch frame {
                 case let .presence(user, online): hub.presence(user: user, online: online)

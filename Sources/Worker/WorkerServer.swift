@@ -13,7 +13,7 @@ import ServiceLifecycle
 final class WorkerHealthHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
-    typealias Health = @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int)
+    typealias Health = @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int, coordinatorEpoch: UInt64)
     let health: Health
 
     init(health: @escaping Health) {
@@ -27,7 +27,7 @@ final class WorkerHealthHandler: ChannelInboundHandler {
             return
         }
         let h = health()
-        let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions)}"
+        let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions),\"coordinator_epoch\":\(h.coordinatorEpoch)}"
         respond(context, h.subscribed ? .ok : .serviceUnavailable, body)
     }
 
@@ -96,7 +96,7 @@ struct WorkerService: Service {
 
     func run() async throws {
         let ctx = self.ctx, workerID = ctx.workerID, readiness = self.readiness
-        let health: WorkerHealthHandler.Health = { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count, ctx.limiter.fallbackCount) }
+        let health: WorkerHealthHandler.Health = { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count, ctx.limiter.fallbackCount, ctx.coordinator.epoch) }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in

@@ -125,3 +125,53 @@ import Testing
         #expect(ClientAddress.rateKey(nil) == "unknown")
     }
 }
+
+@Suite struct GCRATakeoverTests {
+    func limits() -> RateLimits {
+        var l = RateLimits()
+        l.message = RateLimit(burst: 5, interval: 1)
+        return l
+    }
+
+    @Test func aCoordinatorThatTakesOverCountsEveryBurstAsSpent() {
+        var g = GCRA(limits: limits(), spentAt: 100)
+        // At the takeover nobody gets a burst: the predecessor may have just allowed it.
+        #expect(!g.check(kind: .message, key: "u", now: 100).allowed)
+        #expect(g.check(kind: .message, key: "u", now: 100).retryAfter == 1)
+        // It refills at the rate: one a second.
+        #expect(g.check(kind: .message, key: "u", now: 101).allowed)
+        #expect(!g.check(kind: .message, key: "u", now: 101.5).allowed)
+        // A burst after the takeover it is as if nothing had happened.
+        #expect((0..<5).map { _ in g.check(kind: .message, key: "v", now: 105).allowed } == [true, true, true, true, true])
+        #expect(!g.check(kind: .message, key: "v", now: 105).allowed)
+    }
+
+    @Test func theLimitHoldsOverATakeover() {
+        // Whatever the predecessor allowed in [0, 10], its successor from 10 on allows no more
+        // than the rate: over any window the total stays within burst + rate × time.
+        var before = GCRA(limits: limits())
+        var after = GCRA(limits: limits(), spentAt: 10)
+        var allowed: [Double] = []
+        var t = 0.0
+        while t < 30 {
+            var g = t < 10 ? before : after
+            if g.check(kind: .message, key: "u", now: t).allowed { allowed.append(t) }
+            if t < 10 { before = g } else { after = g }
+            t += 0.05
+        }
+        for start in stride(from: 0.0, to: 30, by: 0.5) {
+            for end in stride(from: start + 0.5, through: 30, by: 0.5) {
+                let n = allowed.filter { $0 >= start && $0 < end }.count
+                #expect(Double(n) <= 5 + (end - start) + 1e-9, "\(n) in [\(start), \(end))")
+            }
+        }
+    }
+
+    @Test func recordedCellsAreTheShadowAFallbackStartsFrom() {
+        var local = GCRA(limits: limits())
+        // The coordinator allowed 5 through this process at 0: the local state knows.
+        for _ in 0..<5 { local.record(kind: .message, key: "u", now: 0) }
+        #expect(!local.check(kind: .message, key: "u", now: 0.5).allowed)
+        #expect(local.check(kind: .message, key: "u", now: 1).allowed)
+    }
+}

@@ -136,11 +136,13 @@ class Deployment:
 
     def pid_of(self, child):
         """The pid of a child of this deployment: 'worker-1', 'coordinator', 'gateway' or 'redis'."""
+        if child.startswith("coordinator-"):
+            pattern = "securechat-coordinator .*--state-dir %s .*--id %s " % (self.state, child)
         pattern = {
             "coordinator": "securechat-coordinator .*--state-dir %s " % self.state,
             "gateway": "securechat-gateway .*--state-dir %s " % self.state,
             "redis": "redis-server unixsocket:%s/redis.sock" % self.state,
-        }.get(child, "securechat-worker .*--listen %s/%s.sock" % (self.state, child))
+        }.get(child, pattern if child.startswith("coordinator-") else "securechat-worker .*--listen %s/%s.sock" % (self.state, child))
         out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
         pids = [int(p) for p in out if int(p) != os.getpid()]
         return pids[0] if len(pids) == 1 else None
@@ -175,6 +177,18 @@ class Deployment:
             s.close()
         head, _, body = data.decode().partition("\r\n\r\n")
         return int(head.split()[1]), json.loads(body)
+
+    def metric(self, child, name):
+        """One unlabelled metric of a child, from its own metrics port (None if it does not answer)."""
+        url = json.load(open(os.path.join(self.state, "metrics.json")))[child]
+        try:
+            text = requests.get(url, timeout=1).text
+        except requests.RequestException:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
 
     def log_text(self):
         self.log.flush()

@@ -1,0 +1,140 @@
+import ChatCore
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Proto
+import ServiceLifecycle
+
+/// Runs `LeaderLease` against Redis for a coordinator started with `--leader-lease-ms`: one
+/// active coordinator at a time, the others standing by. It ticks every 50 ms; the attempts
+/// run as futures, so a Redis that hangs never delays the step-down.
+final class ElectionService: Service, Sendable {
+    static let leaseKey = "sc:coordinator:lease"
+    static let epochKey = "sc:coordinator:epoch"
+    /// When the active coordinator last renewed (its wall clock, ms), kept for as long as a rate
+    /// limit takes to refill: a successor knows whether, and how recently, one was active.
+    static let lastKey = "sc:coordinator:last"
+
+    /// Takes the lease if free (a new epoch from the counter), renews it if ours. Answers
+    /// {epoch, when the previous holder last renewed or ""} for us, {0, ""} when another holds it.
+    static let acquire = RedisScript("""
+    local cur = redis.call('GET', KEYS[1])
+    if not cur then
+      local e = redis.call('INCR', KEYS[2])
+      local last = redis.call('GET', KEYS[3]) or ''
+      redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
+      redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+      return {e, last}
+    end
+    local sp = string.find(cur, ' ', 1, true)
+    if sp and string.sub(cur, 1, sp - 1) == ARGV[1] then
+      redis.call('PEXPIRE', KEYS[1], ARGV[2])
+      redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+      return {tonumber(string.sub(cur, sp + 1)), ''}
+    end
+    return {0, ''}
+    """)
+
+    /// Lets the lease go if it is still ours (a clean stop: the standby need not wait it out).
+    static let release = RedisScript("""
+    local cur = redis.call('GET', KEYS[1])
+    if cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+      redis.call('DEL', KEYS[1])
+      return 1
+    end
+    return 0
+    """)
+
+    let redis: RedisClient
+    let core: CoordinatorCore
+    let logger: Logger
+    /// Unique per process start: the lease's holder.
+    let holder: String
+    let waitReplicas: Int
+    let waitMs: Int
+    let ttlMs: String
+    /// How long `lastKey` is kept: the longest a rate limit takes to refill from empty.
+    let refillMs: String
+    private let lease: NIOLockedValueBox<LeaderLease>
+
+    init(redis: RedisClient, core: CoordinatorCore, lease: LeaderLease, holder: String, waitReplicas: Int, waitMs: Int, logger: Logger) {
+        let limits = core.limits
+        let refill = RateLimitKind.allCases.map { Double(limits[$0].burst) * limits[$0].interval }.max() ?? 60
+        self.refillMs = String(Int((refill + lease.ttl) * 1000) + 1)
+        self.redis = redis
+        self.core = core
+        self.lease = NIOLockedValueBox(lease)
+        self.ttlMs = String(Int(lease.ttl * 1000))
+        self.holder = holder
+        self.waitReplicas = waitReplicas
+        self.waitMs = waitMs
+        self.logger = logger
+    }
+
+    func run() async throws {
+        logger.info("coordinator standing for election", metadata: ["holder": "\(holder)", "lease_ms": "\(ttlMs)"])
+        Telemetry.coordinatorActive.record(0)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            step { $0.tick(now: CoordinatorCore.now()) }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        // Stop serving first, then hand the lease back so a standby takes over at once.
+        step { $0.resign() }
+        _ = try? await redis.evalScript(Self.release, keys: [Self.leaseKey], args: [holder])
+        logger.info("coordinator lease released")
+    }
+
+    /// Applies one event to the lease and carries out what it returns, under the lease's lock
+    /// (so activation and step-down reach the core in the order they were decided).
+    /// `predecessor`: the last moment the previous holder may have served (wall clock, seconds),
+    /// if that was recent; told to the core when this answer makes us active.
+    private func step(predecessor: Double? = nil, _ event: (inout LeaderLease) -> [LeaderLease.Action]) {
+        let due = lease.withLockedValue { l -> Bool in
+            let actions = event(&l)
+            for action in actions {
+                if case let .steppedDown(reason) = action { core.deactivate(reason: "\(reason)") }
+            }
+            if let epoch = l.epoch { core.activate(epoch: epoch, until: l.until, predecessor: predecessor) }
+            return actions.contains(.attempt)
+        }
+        if due { attempt() }
+    }
+
+    private func attempt() {
+        guard let pinned = redis.currentChannel() else {
+            let now = CoordinatorCore.now()
+            step { $0.failed(now: now) }
+            return
+        }
+        let loop = pinned.eventLoop
+        let waitReplicas = waitReplicas, waitMs = waitMs, ttlMs = ttlMs
+        let ttl = lease.withLockedValue { $0.ttl }
+        let wallMs = String(Int(Date().timeIntervalSince1970 * 1000))
+        redis.evalScriptFuture(Self.acquire, keys: [Self.leaseKey, Self.epochKey, Self.lastKey], args: [holder, ttlMs, wallMs, refillMs],
+                               on: loop, pinned: pinned)
+            .flatMap { reply -> EventLoopFuture<(UInt64?, Double?)> in
+                guard let parts = reply.array, parts.count == 2, let n = parts[0].int, n >= 0 else {
+                    return loop.makeFailedFuture(RedisError.unexpectedReply)
+                }
+                let epoch: UInt64? = n == 0 ? nil : UInt64(n)
+                let last = parts[1].string.flatMap(Double.init).map { $0 / 1000 }
+                guard waitReplicas > 0, epoch != nil else { return loop.makeSucceededFuture((epoch, last)) }
+                // The lease counts only once a replica has it: a failover must not hand an
+                // older copy of it to the next primary.
+                return self.redis.sendChecked(["WAIT", String(waitReplicas), String(waitMs)], on: loop, pinned: pinned).flatMapThrowing { acks in
+                    guard let got = acks.int, got >= waitReplicas else { throw RedisError.notReplicated }
+                    return (epoch, last)
+                }
+            }
+            .whenComplete { result in
+                let now = CoordinatorCore.now()
+                switch result {
+                case let .success((epoch, last)):
+                    // It may have served until its last renewal plus the lease.
+                    self.step(predecessor: last.map { $0 + ttl }) { $0.answered(epoch: epoch, now: now) }
+                case .failure: self.step { $0.failed(now: now) }
+                }
+            }
+    }
+}

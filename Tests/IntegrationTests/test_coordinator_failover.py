@@ -1,0 +1,165 @@
+"""Two coordinators, one active and one standing by, elected through a lease in the real Redis
+(`securechat run --coordinators 2`, real processes). The active one is killed, or paused: the
+standby takes over, workers and gateways follow it, presence is exact again, a user's message
+limit holds across the change, and a coordinator that wakes up from a pause serves nothing."""
+import asyncio
+import signal
+import time
+
+import requests
+
+from conftest import wait_until
+from wsclient import Client, run
+
+COORDINATORS = ("coordinator-1", "coordinator-2")
+
+
+def active_coordinators(d):
+    return [c for c in COORDINATORS if d.metric(c, "securechat_coordinator_active") == 1]
+
+
+def the_active_one(d):
+    active = wait_until(lambda: active_coordinators(d) if len(active_coordinators(d)) == 1 else None, 15,
+                        what="exactly one active coordinator")
+    return active[0]
+
+
+def worker_epochs(d):
+    return {w: d.worker_health(w)[1]["coordinator_epoch"] for w in ("worker-1", "worker-2")}
+
+
+def test_the_standby_takes_over_presence_is_exact_again_and_the_message_limit_holds(make_deployment):
+    # Message limit: a burst of 5, then one a second (the defaults), decided by the coordinator.
+    d = make_deployment(extra_args=["--coordinators", "2"])
+    alice, bob, carol, dave = (d.login(n) for n in ("alice", "bob", "carol", "dave"))
+    old = the_active_one(d)
+    new = [c for c in COORDINATORS if c != old][0]
+    old_epoch = d.metric(old, "securechat_coordinator_epoch")
+    wait_until(lambda: requests.get(d.base + "/healthz", verify=d.ca).json()["workers_cached"] == 2, 10,
+               what="the gateway's worker list")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        b = await Client.connect(d, bob)
+        dv = await Client.connect(d, dave)
+        online = set(a.welcome["online"])
+
+        async def watch(until):
+            while time.monotonic() < until:
+                try:
+                    f = await a.wait_for(lambda f: f["type"] == "presence", timeout=0.2)
+                    (online.add if f["online"] else online.discard)(f["user"])
+                except AssertionError:
+                    pass
+
+        # Dave sends as fast as answers come back (paced at 20 ms) for the whole run: before the
+        # kill, with no coordinator, and after the takeover. Every ack is a cell the limit allowed.
+        acks = []
+        refused = []
+        stop = {"at": None}
+
+        async def spend():
+            n = 0
+            while stop["at"] is None or time.monotonic() < stop["at"]:
+                n += 1
+                r = await dv.send_text("spend %d" % n)
+                (acks if r["type"] == "ack" else refused).append((time.monotonic(), r.get("code")))
+                await asyncio.sleep(0.02)
+
+        started = time.monotonic()
+        spender = asyncio.ensure_future(spend())
+        await asyncio.sleep(1.0)  # dave's burst is spent before the kill (traffic, not synchronisation)
+        d.pause_launcher()
+        killed = time.monotonic()
+        d.kill(old)
+        # While there is no coordinator: bob leaves, carol arrives.
+        await b.close()
+        c = await Client.connect_retrying(d, carol)
+        took_over = None
+        exact = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (took_over is None or exact is None):
+            await watch(time.monotonic() + 0.1)
+            if took_over is None and d.metric(new, "securechat_coordinator_active") == 1:
+                took_over = time.monotonic()
+            if took_over is not None and exact is None and online == {"alice", "carol", "dave"}:
+                exact = time.monotonic()
+        assert took_over is not None, "the standby never took over"
+        assert exact is not None, "presence never became exact: %r" % online
+        # Dave keeps spending for 6 s after the takeover: more than his burst's worth.
+        stop["at"] = took_over + 6
+        await spender
+        ended = time.monotonic()
+        for cl in (a, c, dv):
+            await cl.close()
+        return started, killed, took_over, exact, ended, acks, refused
+
+    started, killed, took_over, exact, ended, acks, refused = run(scenario())
+    d.resume_launcher()
+
+    # The limit held over the whole run: within any window, at most burst + rate × length (one
+    # cell of slack for where the window's edges fall between the client's clocks).
+    times = [t for t, _ in acks]
+    worst = max(sum(1 for t in times if s <= t <= e) - (5 + (e - s))
+                for s in times for e in times if e >= s)
+    assert worst <= 1, "the limit was exceeded by %.2f cells" % worst
+    assert all(code == "rate_limited" for _, code in refused), set(code for _, code in refused)
+    # ...and the service went on: dave was allowed again after the takeover.
+    after = [t for t in times if t > took_over]
+    assert len(after) >= 3, after
+    # Everyone follows the new coordinator, under a newer epoch.
+    new_epoch = d.metric(new, "securechat_coordinator_epoch")
+    assert new_epoch > old_epoch
+    wait_until(lambda: set(worker_epochs(d).values()) == {new_epoch}, 10, what="workers on the new epoch")
+    # The killed one, restarted by the launcher, stands by.
+    wait_until(lambda: d.metric(old, "securechat_coordinator_active") == 0, 20, what="the old coordinator back, standing by")
+    assert active_coordinators(d) == [new]
+    print("\nFIGURES coordinator killed: takeover %.2f s after the kill, presence exact %.2f s after the takeover "
+          "(%.2f s after the kill); dave %d acks and %d refusals in %.1f s (limit allows %.1f), %d acks after the takeover"
+          % (took_over - killed, exact - took_over, exact - killed, len(acks), len(refused), ended - started,
+             5 + ended - started, len(after)))
+
+
+def test_a_paused_coordinator_wakes_up_as_a_standby_and_serves_nothing(make_deployment):
+    d = make_deployment(extra_args=["--coordinators", "2"])
+    old = the_active_one(d)
+    new = [c for c in COORDINATORS if c != old][0]
+    old_epoch = d.metric(old, "securechat_coordinator_epoch")
+    alice = d.login("alice")
+    paused_at = time.monotonic()
+    # SIGSTOP: no FIN, no RST, nothing; the process simply stops (a long GC, a VM migration).
+    d.kill(old, signal.SIGSTOP)
+    try:
+        wait_until(lambda: d.metric(new, "securechat_coordinator_active") == 1, 15, what="the standby active")
+        took_over = time.monotonic()
+        new_epoch = d.metric(new, "securechat_coordinator_epoch")
+        assert new_epoch > old_epoch
+        # The workers' links to the paused one went unanswered; they moved on.
+        wait_until(lambda: set(worker_epochs(d).values()) == {new_epoch}, 10, what="workers on the new epoch")
+        followed = time.monotonic()
+        wait_until(lambda: requests.get(d.base + "/healthz", verify=d.ca).json()["coordinator"], 10, what="the gateway on the new one")
+    finally:
+        d.kill(old, signal.SIGCONT)
+    woke = time.monotonic()
+    # It wakes up past its lease: it steps down by its own clock, before answering anything.
+    wait_until(lambda: d.metric(old, "securechat_coordinator_active") == 0, 10, what="the woken coordinator stepped down")
+    inactive = time.monotonic()
+    log = d.log_text()
+    assert "coordinator.id=%s" % old in log and "reason=expired" in log, log[-3000:]
+    # And stays a standby: the lease is the other's. Watched for 3 s (a lease and a half).
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert active_coordinators(d) == [new]
+        assert set(worker_epochs(d).values()) == {new_epoch}
+        time.sleep(0.2)
+
+    async def chat():
+        a = await Client.connect(d, alice)
+        ack = await a.send_text("after the pause")
+        assert ack["type"] == "ack", ack
+        await a.close()
+
+    run(chat())
+    print("\nFIGURES coordinator paused: standby active %.2f s after the pause, workers following %.2f s after; "
+          "the woken one inactive %.2f s after SIGCONT"
+          % (took_over - paused_at, followed - paused_at, inactive - woke))
