@@ -129,7 +129,9 @@ public final class CoordinatorLink: Service, Sendable {
         await Reconnector(what: "coordinator", place: place, logger: logger, base: 0.05, cap: 0.5, current: channel).run(
             connect: {
                 let target = choice.withLockedValue { $0.current }
-                return try await RedisClient.connect(endpoint: target, group: group) { ch in
+                // A second is plenty on a LAN, and a host that is cut off costs no more than that
+                // before the next coordinator is tried.
+                return try await RedisClient.connect(endpoint: target, group: group, timeout: .seconds(1)) { ch in
                     try ch.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(LengthPrefixedDecoder()),
                         CoordinatorClientHandler(timeout: timeout, onEvent: onEvent),

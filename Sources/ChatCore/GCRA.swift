@@ -87,16 +87,29 @@ public struct GCRA: Sendable {
     /// Bound on remembered keys; stale ones are pruned first.
     public let maxKeys: Int
 
-    /// When set: every key not seen yet counts as having spent its whole burst at this time (a
-    /// coordinator that takes over does not know what its predecessor allowed, so it assumes
-    /// the most). It refills at the normal rate; a burst later it makes no difference.
+    /// When set: every key of `spentKinds` not seen yet counts as having spent its whole burst
+    /// at this time (a coordinator that takes over does not know what its predecessor allowed,
+    /// so it assumes the most). It refills at the normal rate; a burst later it makes no difference.
     public let spentAt: Double?
+    public let spentKinds: Set<RateLimitKind>
 
-    public init(limits: RateLimits, maxKeys: Int = 1_000_000, spentAt: Double? = nil) {
+    public init(limits: RateLimits, maxKeys: Int = 1_000_000, spentAt: Double? = nil, spentKinds: Set<RateLimitKind> = Set(RateLimitKind.allCases)) {
         self.limits = limits
         self.maxKeys = maxKeys
         self.spentAt = spentAt
+        self.spentKinds = spentKinds
     }
+
+    /// The state of one key (`kind:key`), if it has any.
+    public func tat(fullKey: String) -> Double? { tat[fullKey] }
+
+    /// Sets the state of one key (`kind:key`), as a predecessor left it.
+    public mutating func seed(fullKey: String, tat value: Double) {
+        guard tat.count < maxKeys || tat[fullKey] != nil else { return }
+        tat[fullKey] = max(tat[fullKey] ?? value, value)
+    }
+
+    public static func fullKey(_ kind: RateLimitKind, _ key: String) -> String { "\(kind.rawValue):\(key)" }
 
     public var keyCount: Int { tat.count }
 
@@ -105,7 +118,7 @@ public struct GCRA: Sendable {
         let limit = limits[kind]
         let fullKey = "\(kind.rawValue):\(key)"
         let tolerance = limit.interval * Double(limit.burst - 1)
-        let current = max(tat[fullKey] ?? floor(limit, now: now), now)
+        let current = max(tat[fullKey] ?? floor(kind, limit, now: now), now)
         if current - now > tolerance {
             return Decision(allowed: false, retryAfter: current - now - tolerance)
         }
@@ -117,8 +130,8 @@ public struct GCRA: Sendable {
     }
 
     /// A key's state before it is seen: now, or its burst spent at `spentAt`.
-    private func floor(_ limit: RateLimit, now: Double) -> Double {
-        guard let spentAt else { return now }
+    private func floor(_ kind: RateLimitKind, _ limit: RateLimit, now: Double) -> Double {
+        guard let spentAt, spentKinds.contains(kind) else { return now }
         return max(now, spentAt + limit.interval * Double(limit.burst))
     }
 
@@ -129,7 +142,7 @@ public struct GCRA: Sendable {
         let fullKey = "\(kind.rawValue):\(key)"
         if tat.count >= maxKeys, tat[fullKey] == nil { prune(now: now) }
         guard tat.count < maxKeys || tat[fullKey] != nil else { return }
-        tat[fullKey] = max(tat[fullKey] ?? floor(limit, now: now), now) + limit.interval
+        tat[fullKey] = max(tat[fullKey] ?? floor(kind, limit, now: now), now) + limit.interval
     }
 
     /// Gives back one cell spent on `key` (a login that succeeded, or was refused elsewhere).

@@ -129,9 +129,10 @@ public final class RedisClient: Service, Sendable {
 
     public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
 
-    static func connect(endpoint: Endpoint, group: EventLoopGroup, handlers: @escaping @Sendable (Channel) throws -> Void) async throws -> Channel {
+    static func connect(endpoint: Endpoint, group: EventLoopGroup, timeout: TimeAmount = .seconds(2),
+                        handlers: @escaping @Sendable (Channel) throws -> Void) async throws -> Channel {
         let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(.seconds(2))
+            .connectTimeout(timeout)
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture { try handlers(ch) }
             }

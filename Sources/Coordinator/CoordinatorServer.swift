@@ -24,6 +24,8 @@ final class CoordinatorCore: Sendable {
         var snapshotSent = false
         /// Active under this epoch until this moment (monotonic); nil while a standby.
         var leadership: (epoch: UInt64, until: Double)?
+        /// Keys of the carried-over kinds changed since they were last written to Redis.
+        var dirty: Set<String> = []
 
         func isActive(now: Double) -> Bool { leadership.map { now < $0.until } ?? false }
     }
@@ -35,6 +37,10 @@ final class CoordinatorCore: Sendable {
     let leaseDuration: Double
     let maxSocketsPerUser: Int
     let settle: Double
+    /// The limits whose state goes to Redis with each renewal, so that a successor continues
+    /// them exactly: the login limits (few writes, and a spent burst would refuse every login
+    /// for up to 12 s). The per-user ones refill within seconds: a successor counts them spent.
+    static let carriedKinds: Set<RateLimitKind> = [.loginUser, .loginName, .loginAddress]
 
     /// `elected`: this coordinator serves only while it holds the lease (`activate`); without,
     /// it is the only one and always active, under epoch 0.
@@ -57,7 +63,7 @@ final class CoordinatorCore: Sendable {
     /// wall clock: its last renewal plus the lease), every rate
     /// limit's burst counts as spent at the last moment it may have served (what it allowed is
     /// unknown), so the limits hold across the takeover; after a cold start they start full.
-    func activate(epoch: UInt64, until: Double, predecessor: Double? = nil) {
+    func activate(epoch: UInt64, until: Double, predecessor: Double? = nil, carried: [(key: String, wall: Double)] = []) {
         let now = Self.now()
         // The last moment it may have served, on our monotonic clock (never later than now).
         let spentAt = predecessor.map { now - max(0, Date().timeIntervalSince1970 - $0) }
@@ -67,7 +73,13 @@ final class CoordinatorCore: Sendable {
                 return false
             }
             s.table = WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser)
-            s.limiter = GCRA(limits: limits, spentAt: spentAt)
+            s.limiter = GCRA(limits: limits, spentAt: spentAt, spentKinds: Set(RateLimitKind.allCases).subtracting(Self.carriedKinds))
+            let wallNow = Date().timeIntervalSince1970
+            for c in carried {
+                let tat = c.wall - wallNow + now
+                if tat > now { s.limiter.seed(fullKey: c.key, tat: tat) }
+            }
+            s.dirty = []
             s.links = [:]
             s.workerLinks = [:]
             s.settledAt = now + settle
@@ -99,6 +111,24 @@ final class CoordinatorCore: Sendable {
         logger.notice("coordinator stepped down", metadata: ["reason": "\(reason)", "links_closed": "\(links.count)",
                                                             "wall_time": "\(Date().timeIntervalSince1970)"])
         for link in links { link.close(promise: nil) }
+    }
+
+    /// Up to `max` changed keys of the carried kinds with their state as wall-clock moments
+    /// (0: no state left), taken off the list; `markDirty` puts them back if the write failed.
+    func takeDirty(max: Int = 2000) -> [(key: String, wall: Double)] {
+        let now = Self.now(), wallNow = Date().timeIntervalSince1970
+        return state.withLockedValue { s in
+            guard s.isActive(now: now), !s.dirty.isEmpty else { return [] }
+            let keys = Array(s.dirty.prefix(max))
+            s.dirty.subtract(keys)
+            return keys.map { k in (k, s.limiter.tat(fullKey: k).map { $0 > now ? $0 - now + wallNow : 0 } ?? 0) }
+        }
+    }
+
+    func markDirty(_ keys: [String]) {
+        state.withLockedValue { s in
+            if s.leadership != nil { s.dirty.formUnion(keys) }
+        }
     }
 
     func linkOpened(_ link: Channel) {
@@ -154,10 +184,12 @@ final class CoordinatorCore: Sendable {
                 return .route(worker: r.id, address: r.address)
             case let .rateCheck(kind, key, consume):
                 let d = s.limiter.check(kind: kind, key: key, now: now, consume: consume)
+                if consume, d.allowed, Self.carriedKinds.contains(kind) { s.dirty.insert(GCRA.fullKey(kind, key)) }
                 Telemetry.rateChecks(kind, allowed: d.allowed)?.increment()
                 return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
             case let .rateRefund(kind, key):
                 s.limiter.refund(kind: kind, key: key, now: now)
+                if Self.carriedKinds.contains(kind) { s.dirty.insert(GCRA.fullKey(kind, key)) }
                 return .ok
             case .status:
                 return .status(workers: s.table.liveWorkerCount, online: s.table.presence.counts.count)

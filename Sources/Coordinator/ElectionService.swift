@@ -15,9 +15,14 @@ final class ElectionService: Service, Sendable {
     /// When the active coordinator last renewed (its wall clock, ms), kept for as long as a rate
     /// limit takes to refill: a successor knows whether, and how recently, one was active.
     static let lastKey = "sc:coordinator:last"
+    /// The login limits' state (member `kind:key`, score the wall-clock ms its bucket is full
+    /// again), written with each renewal for a successor to continue from.
+    static let limitsKey = "sc:coordinator:limits"
 
-    /// Takes the lease if free (a new epoch from the counter), renews it if ours. Answers
-    /// {epoch, when the previous holder last renewed or ""} for us, {0, ""} when another holds it.
+    /// Takes the lease if free (a new epoch from the counter), renews it if ours (writing the
+    /// changed limits, ARGV[5...] as score/member pairs, score 0 to remove). Answers {epoch,
+    /// when the previous holder may last have served or "", the limits it left} for a fresh
+    /// lease, {epoch, "", {}} for a renewal, {0, "", {}} when another holds it.
     static let acquire = RedisScript("""
     local cur = redis.call('GET', KEYS[1])
     if not cur then
@@ -25,15 +30,28 @@ final class ElectionService: Service, Sendable {
       local last = redis.call('GET', KEYS[3]) or ''
       redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
       redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-      return {e, last}
+      local carried = {}
+      if last ~= '' then
+        carried = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', 0, 200000)
+      end
+      return {e, last, carried}
     end
     local sp = string.find(cur, ' ', 1, true)
     if sp and string.sub(cur, 1, sp - 1) == ARGV[1] then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-      return {tonumber(string.sub(cur, sp + 1)), ''}
+      for i = 5, #ARGV, 2 do
+        if tonumber(ARGV[i]) > 0 then
+          redis.call('ZADD', KEYS[4], ARGV[i], ARGV[i + 1])
+        else
+          redis.call('ZREM', KEYS[4], ARGV[i + 1])
+        end
+      end
+      redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3])
+      redis.call('PEXPIRE', KEYS[4], ARGV[4])
+      return {tonumber(string.sub(cur, sp + 1)), '', {}}
     end
-    return {0, ''}
+    return {0, '', {}}
     """)
 
     /// Lets the lease go if it is still ours (a clean stop: the standby need not wait it out).
@@ -89,13 +107,13 @@ final class ElectionService: Service, Sendable {
     /// (so activation and step-down reach the core in the order they were decided).
     /// `predecessor`: the last moment the previous holder may have served (wall clock, seconds),
     /// if that was recent; told to the core when this answer makes us active.
-    private func step(predecessor: Double? = nil, _ event: (inout LeaderLease) -> [LeaderLease.Action]) {
+    private func step(predecessor: Double? = nil, carried: [(key: String, wall: Double)] = [], _ event: (inout LeaderLease) -> [LeaderLease.Action]) {
         let due = lease.withLockedValue { l -> Bool in
             let actions = event(&l)
             for action in actions {
                 if case let .steppedDown(reason) = action { core.deactivate(reason: "\(reason)") }
             }
-            if let epoch = l.epoch { core.activate(epoch: epoch, until: l.until, predecessor: predecessor) }
+            if let epoch = l.epoch { core.activate(epoch: epoch, until: l.until, predecessor: predecessor, carried: carried) }
             return actions.contains(.attempt)
         }
         if due { attempt() }
@@ -111,29 +129,41 @@ final class ElectionService: Service, Sendable {
         let waitReplicas = waitReplicas, waitMs = waitMs, ttlMs = ttlMs
         let ttl = lease.withLockedValue { $0.ttl }
         let wallMs = String(Int(Date().timeIntervalSince1970 * 1000))
-        redis.evalScriptFuture(Self.acquire, keys: [Self.leaseKey, Self.epochKey, Self.lastKey], args: [holder, ttlMs, wallMs, refillMs],
-                               on: loop, pinned: pinned)
-            .flatMap { reply -> EventLoopFuture<(UInt64?, Double?)> in
-                guard let parts = reply.array, parts.count == 2, let n = parts[0].int, n >= 0 else {
+        let dirty = core.takeDirty()
+        let changed = dirty.flatMap { [String(Int($0.wall * 1000)), $0.key] }
+        redis.evalScriptFuture(Self.acquire, keys: [Self.leaseKey, Self.epochKey, Self.lastKey, Self.limitsKey],
+                               args: [holder, ttlMs, wallMs, refillMs] + changed, on: loop, pinned: pinned)
+            .flatMap { reply -> EventLoopFuture<(UInt64?, Double?, [(key: String, wall: Double)])> in
+                guard let parts = reply.array, parts.count == 3, let n = parts[0].int, n >= 0 else {
                     return loop.makeFailedFuture(RedisError.unexpectedReply)
                 }
                 let epoch: UInt64? = n == 0 ? nil : UInt64(n)
                 let last = parts[1].string.flatMap(Double.init).map { $0 / 1000 }
-                guard waitReplicas > 0, epoch != nil else { return loop.makeSucceededFuture((epoch, last)) }
+                let flat = parts[2].array ?? []
+                var carried: [(key: String, wall: Double)] = []
+                var i = 0
+                while i + 1 < flat.count {
+                    if let key = flat[i].string, let ms = flat[i + 1].string.flatMap(Double.init) { carried.append((key, ms / 1000)) }
+                    i += 2
+                }
+                guard waitReplicas > 0, epoch != nil else { return loop.makeSucceededFuture((epoch, last, carried)) }
                 // The lease counts only once a replica has it: a failover must not hand an
                 // older copy of it to the next primary.
                 return self.redis.sendChecked(["WAIT", String(waitReplicas), String(waitMs)], on: loop, pinned: pinned).flatMapThrowing { acks in
                     guard let got = acks.int, got >= waitReplicas else { throw RedisError.notReplicated }
-                    return (epoch, last)
+                    return (epoch, last, carried)
                 }
             }
             .whenComplete { result in
                 let now = CoordinatorCore.now()
                 switch result {
-                case let .success((epoch, last)):
+                case let .success((epoch, last, carried)):
                     // It may have served until its last renewal plus the lease.
-                    self.step(predecessor: last.map { $0 + ttl }) { $0.answered(epoch: epoch, now: now) }
-                case .failure: self.step { $0.failed(now: now) }
+                    self.step(predecessor: last.map { $0 + ttl }, carried: carried) { $0.answered(epoch: epoch, now: now) }
+                case .failure:
+                    // Written again with the next renewal (with their state as it is then).
+                    self.core.markDirty(dirty.map(\.key))
+                    self.step { $0.failed(now: now) }
                 }
             }
     }

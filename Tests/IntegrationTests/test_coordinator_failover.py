@@ -38,6 +38,15 @@ def test_the_standby_takes_over_presence_is_exact_again_and_the_message_limit_ho
     wait_until(lambda: requests.get(d.base + "/healthz", verify=d.ca).json()["workers_cached"] == 2, 10,
                what="the gateway's worker list")
 
+    def guess():
+        return requests.post(d.base + "/api/login", json={"username": "mallory", "password": "wrong"}, verify=d.ca).status_code
+
+    # A guesser spends the login limit for one name from this address (5 a minute)...
+    assert [guess() for _ in range(6)] == [401] * 5 + [429]
+    # ...which the active coordinator writes to Redis with its next renewal.
+    wait_until(lambda: any(m.startswith("loginUser:mallory|") for m in d.redis("ZRANGE", "sc:coordinator:limits", "0", "-1").split()),
+               5, what="the login limit in Redis")
+
     async def scenario():
         a = await Client.connect(d, alice)
         b = await Client.connect(d, bob)
@@ -86,6 +95,10 @@ def test_the_standby_takes_over_presence_is_exact_again_and_the_message_limit_ho
                 exact = time.monotonic()
         assert took_over is not None, "the standby never took over"
         assert exact is not None, "presence never became exact: %r" % online
+        # The successor continues the login limits where its predecessor left them: the guesser
+        # is still refused, and someone else logs in at once.
+        assert guess() == 429
+        assert d.login("admin").cookies.get("__Host-sc_session")
         # Dave keeps spending for 6 s after the takeover: more than his burst's worth.
         stop["at"] = took_over + 6
         await spender

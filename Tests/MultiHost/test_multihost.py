@@ -2,6 +2,7 @@
 users on different gateways and workers with presence and limits held globally; a worker
 host cut off; a gateway host cut off. Each prints its figures."""
 import asyncio
+import re
 import time
 
 from conftest import mended  # noqa: F401
@@ -116,6 +117,122 @@ def test_a_gateway_host_cut_off_haproxy_sends_its_clients_to_the_other(cluster):
           % (out["victims"], out["back_after"]))
     assert out["victims"] > 0, "nobody was on gw1"
     assert cluster.metric("gw2", "securechat_deliveries_total") > delivered_before
+
+
+def coordinator_terms(cluster, coordinator):
+    """[epoch, active from, active until or None] for each term in a coordinator's own log (wall clock,
+    logged as it happened: activation right after taking the lease, step-down at most one 50 ms
+    tick after the moment it stopped answering)."""
+    terms = []
+    for line in cluster.log(coordinator).splitlines():
+        wall = re.search(r"wall_time=([0-9.]+)", line)
+        if "coordinator active" in line and wall:
+            terms.append([int(re.search(r"epoch=(\d+)", line).group(1)), float(wall.group(1)), None])
+        elif "coordinator stepped down" in line and wall and terms and terms[-1][2] is None:
+            terms[-1][2] = float(wall.group(1))
+    return terms
+
+
+def one_active_coordinator(cluster):
+    active = wait_until_sync(lambda: cluster.active_coordinators() if len(cluster.active_coordinators()) == 1 else None,
+                             20, "exactly one active coordinator")
+    return active[0], [c for c in ("coord1", "coord2") if c != active[0]][0]
+
+
+def wait_until_sync(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.1)
+
+
+def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active_ones(cluster):
+    old, new = one_active_coordinator(cluster)
+    old_epoch = cluster.metric(old, "securechat_coordinator_epoch")
+    alice = cluster.login("alice")
+    cut_at = time.monotonic()
+    # The active coordinator's host cut off: it is still running, and cannot reach Redis to
+    # renew, nor anyone to hear it. It must stop by its own clock before the standby may start.
+    cluster.cut(old)
+    try:
+        wait_until_sync(lambda: cluster.metric(new, "securechat_coordinator_active") == 1, 20, "the standby active")
+        took_over = time.monotonic()
+        new_epoch = cluster.metric(new, "securechat_coordinator_epoch")
+        assert new_epoch > old_epoch
+        wait_until_sync(lambda: set(cluster.worker_epochs().values()) == {new_epoch}, 20, "every worker on the new epoch")
+        followed = time.monotonic()
+
+        async def chat():
+            a = await Client.connect(cluster, alice)
+            ack = await a.send_text("while the old coordinator is cut off")
+            assert ack["type"] == "ack", ack
+            await a.ws.close()
+        run(chat())
+    finally:
+        mended(cluster, old)
+    # Back on the network, it is a standby: the lease is the other's, and every client keeps
+    # to the newer epoch. Watched for 3 s (a lease and a half).
+    wait_until_sync(lambda: cluster.active_coordinators() == [new], 20, "the old coordinator back as a standby")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert cluster.active_coordinators() == [new]
+        assert set(cluster.worker_epochs().values()) == {new_epoch}
+        time.sleep(0.2)
+    # By their own logs (one clock: the hosts share this machine's), the old term ended before
+    # the new one began.
+    old_term = [t for t in coordinator_terms(cluster, old) if t[0] == old_epoch][-1]
+    new_term = [t for t in coordinator_terms(cluster, new) if t[0] == new_epoch][-1]
+    assert old_term[2] is not None, "the cut-off coordinator never stepped down: %r" % old_term
+    assert old_term[2] < new_term[1], (old_term, new_term)
+    print("\n[coordinator host %s cut] %s active %.2f s after the cut, every worker on it %.2f s after; "
+          "the old term ended %.3f s before the new one began; the old one back as a standby"
+          % (old, new, took_over - cut_at, followed - cut_at, new_term[1] - old_term[2]))
+
+
+def test_the_active_coordinator_killed_the_standby_takes_over_and_presence_is_exact_again(cluster):
+    old, new = one_active_coordinator(cluster)
+    alice, bob, carol = (cluster.login(n) for n in ("alice", "bob", "carol"))
+
+    async def scenario():
+        a = await Client.connect(cluster, alice)
+        b = await Client.connect(cluster, bob)
+        online = set(a.welcome["online"])
+        if "bob" not in online:
+            await a.wait_for(lambda f: f["type"] == "presence" and f["user"] == "bob" and f["online"], timeout=10)
+            online.add("bob")
+        killed_at = time.monotonic()
+        cluster.kill(old)
+        # With no coordinator: bob leaves and carol arrives.
+        await b.ws.close()
+        c = await Client.connect_retrying(cluster, carol)
+        took_over = exact = None
+        deadline = time.monotonic() + 30
+        while (took_over is None or exact is None) and time.monotonic() < deadline:
+            try:
+                f = await a.wait_for(lambda f: f["type"] == "presence", timeout=0.1)
+                (online.add if f["online"] else online.discard)(f["user"])
+            except AssertionError:
+                pass
+            if took_over is None and cluster.metric(new, "securechat_coordinator_active") == 1:
+                took_over = time.monotonic()
+            if took_over is not None and exact is None and online == {"alice", "carol"}:
+                exact = time.monotonic()
+        assert took_over is not None, "the standby never took over"
+        assert exact is not None, "presence never became exact: %r" % online
+        ack = await c.send_text("after the takeover")
+        assert ack["type"] == "ack", ack
+        await a.ws.close()
+        await c.ws.close()
+        return killed_at, took_over, exact
+
+    killed_at, took_over, exact = run(scenario())
+    epoch = cluster.metric(new, "securechat_coordinator_epoch")
+    wait_until_sync(lambda: set(cluster.worker_epochs().values()) == {epoch}, 20, "every worker on the new epoch")
+    print("\n[coordinator %s killed] %s active %.2f s after the kill; presence exact %.2f s after the takeover "
+          "(%.2f s after the kill)" % (old, new, took_over - killed_at, exact - took_over, exact - killed_at))
 
 
 def redis_failover(cluster, how):
