@@ -30,6 +30,7 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let (request, reply) = unwrapOutboundIn(data)
+        let isHello = request == .hello
         let id = nextID
         nextID += 1
         do {
@@ -38,9 +39,10 @@ final class CoordinatorClientHandler: ChannelDuplexHandler {
             let channel = context.channel
             let timer = context.eventLoop.scheduleTask(in: timeout) {
                 loopBound.value.pending.removeValue(forKey: id)?.promise.fail(CoordinatorUnavailable())
-                // A coordinator that does not answer in time is treated as gone (cut off, paused):
-                // the link closes and the next coordinator is tried.
-                channel.close(promise: nil)
+                // A coordinator that does not answer `hello` in time is treated as gone (cut off,
+                // paused): the link closes and the next coordinator is tried. A slow answer to
+                // anything else only fails that call.
+                if isHello { channel.close(promise: nil) }
             }
             pending[id] = (reply, timer)
             context.write(wrapOutboundOut(buffer), promise: promise)
@@ -99,6 +101,8 @@ public final class CoordinatorLink: Service, Sendable {
     private let timeout: TimeAmount
     private let channel = NIOLockedValueBox<Channel?>(nil)
     private let choice: NIOLockedValueBox<CoordinatorChoice>
+    /// The link that passed `hello` and the fencing rule: other requests go only on it.
+    private let accepted = NIOLockedValueBox<ObjectIdentifier?>(nil)
     private let onEvent: @Sendable (CoordinatorFrame) -> Void
     private let onConnect: @Sendable (CoordinatorLink) async -> Void
     static let keepalive = TimeAmount.milliseconds(500)
@@ -170,10 +174,21 @@ public final class CoordinatorLink: Service, Sendable {
     private func judge(_ answer: CoordinatorResponse, link: Channel) -> Bool {
         let epoch: UInt64?
         if case let .leader(e) = answer { epoch = e } else { epoch = nil }
-        let (verdict, endpoint) = choice.withLockedValue { ($0.judge(epoch: epoch), $0.current) }
+        let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
+        let (verdict, endpoint) = choice.withLockedValue { ($0.judge(epoch: epoch, now: now), $0.current) }
         switch verdict {
         case .accept:
+            accepted.withLockedValue { $0 = ObjectIdentifier(link) }
             return true
+        case let .acceptOlder(e, newest):
+            logger.error("only coordinators under an older epoch answer, for 10 s now; taking one (did Redis lose its data?)",
+                         metadata: ["coordinator": "\(endpoint)", "epoch": "\(e)", "newest_epoch": "\(newest)"])
+            accepted.withLockedValue { $0 = ObjectIdentifier(link) }
+            return true
+        case .unelected:
+            logger.error("coordinator runs without an election (--leader-lease-ms) but several were given; refused",
+                         metadata: ["coordinator": "\(endpoint)"])
+            return false
         case .notActive:
             logger.debug("coordinator is not the active one; trying the next", metadata: ["coordinator": "\(endpoint)"])
             return false
@@ -203,6 +218,15 @@ public final class CoordinatorLink: Service, Sendable {
     /// The same as a future, completed on the link's event loop (for callers that stay on it).
     public func callFuture(_ request: CoordinatorRequest) -> EventLoopFuture<CoordinatorResponse> {
         guard let ch = channel.withLockedValue({ $0 }) else { return group.any().makeFailedFuture(CoordinatorUnavailable()) }
+        switch request {
+        case .authBegin, .authFinish, .hello:
+            break
+        default:
+            // Not before the coordinator has passed `hello` and the fencing rule on this link.
+            guard accepted.withLockedValue({ $0 }) == ObjectIdentifier(ch) else {
+                return group.any().makeFailedFuture(CoordinatorUnavailable("not yet accepted"))
+            }
+        }
         let promise = ch.eventLoop.makePromise(of: CoordinatorResponse.self)
         let started = NIODeadline.now()
         promise.futureResult.whenSuccess { _ in

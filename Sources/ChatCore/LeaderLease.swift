@@ -6,9 +6,10 @@
 /// makes this process active until `t + ttl × trust`, by its own monotonic clock: earlier than
 /// Redis lets the lease go (at `t' + ttl` for the moment `t' ≥ t` that Redis ran it), by a
 /// margin for clocks that run at different rates. Past that moment it is not active, whether
-/// or not it has heard anything: a process paused (SIGSTOP, a long GC, a VM migration) or cut
-/// off wakes up no longer active and serves nothing. Each lease taken afresh gets a new epoch
-/// from a counter in Redis; clients refuse a coordinator whose epoch is older than one they
+/// or not it has heard anything: a process paused (SIGSTOP, a long GC) or cut
+/// off wakes up no longer active and serves nothing (the caller's clock must count a suspended
+/// machine too: CLOCK_BOOTTIME). Each lease taken afresh gets a new epoch from a counter in
+/// Redis; clients refuse a coordinator whose epoch is older than one they
 /// have seen (the fencing token), so a stale coordinator cannot win a client back.
 public struct LeaderLease: Sendable, Equatable {
     public enum Action: Sendable, Equatable {
@@ -126,7 +127,10 @@ public struct LeaderLease: Sendable, Equatable {
 
 /// A client's choice among the coordinators it was given (`--coordinator a,b`), as a pure
 /// value: which one to try next, and the fencing rule. A coordinator counts only if it says it
-/// is the active one under an epoch no older than the newest this client has seen.
+/// is the active one under an epoch no older than the newest this client has seen. Given
+/// several, one without an election (epoch 0) is refused: two of those would both be active.
+/// Only after `staleGrace` seconds of nothing but older epochs (Redis lost its counter and
+/// the clocks went back) does it take the older one, rather than stay without any for good.
 public struct CoordinatorChoice: Sendable, Equatable {
     public enum Verdict: Sendable, Equatable {
         case accept
@@ -134,15 +138,23 @@ public struct CoordinatorChoice: Sendable, Equatable {
         case notActive
         /// Active by its own account, under an epoch older than one seen before: fenced off.
         case stale(epoch: UInt64, newest: UInt64)
+        /// Runs without an election (`--leader-lease-ms` 0) although several were given.
+        case unelected
+        /// Older than the newest seen, but nothing else for `staleGrace`: taken, and said loudly.
+        case acceptOlder(epoch: UInt64, newest: UInt64)
     }
 
     public let endpoints: [Endpoint]
+    public let staleGrace: Double
     public private(set) var index = 0
     public private(set) var newestEpoch: UInt64 = 0
+    /// Since when only stale answers came (nil after any accepted one).
+    private var staleSince: Double?
 
-    public init(endpoints: [Endpoint]) {
+    public init(endpoints: [Endpoint], staleGrace: Double = 10) {
         precondition(!endpoints.isEmpty, "at least one coordinator")
         self.endpoints = endpoints
+        self.staleGrace = staleGrace
     }
 
     public var current: Endpoint { endpoints[index] }
@@ -152,11 +164,21 @@ public struct CoordinatorChoice: Sendable, Equatable {
         index = (index + 1) % endpoints.count
     }
 
-    /// Judges an answer to `hello` (from `current`, or on a link already accepted).
-    public mutating func judge(epoch: UInt64?) -> Verdict {
+    /// Judges an answer to `hello` (from `current`, or on a link already accepted) at `now`.
+    public mutating func judge(epoch: UInt64?, now: Double) -> Verdict {
         guard let epoch else { return .notActive }
-        guard epoch >= newestEpoch else { return .stale(epoch: epoch, newest: newestEpoch) }
+        if epoch == 0, endpoints.count > 1 { return .unelected }
+        guard epoch >= newestEpoch else {
+            let since = staleSince ?? now
+            staleSince = since
+            guard now - since >= staleGrace else { return .stale(epoch: epoch, newest: newestEpoch) }
+            let newest = newestEpoch
+            newestEpoch = epoch
+            staleSince = nil
+            return .acceptOlder(epoch: epoch, newest: newest)
+        }
         newestEpoch = epoch
+        staleSince = nil
         return .accept
     }
 }

@@ -43,6 +43,9 @@ public final class RateLimiterClient: Sendable {
             local.withLockedValue { $0.gcra.refund(kind: kind, key: key, now: now) }
         } else {
             link.callFuture(.rateRefund(kind: kind, key: key)).whenComplete { _ in }
+            // The shadow recorded the cell too.
+            let now = Date().timeIntervalSince1970
+            local.withLockedValue { $0.gcra.refund(kind: kind, key: key, now: now) }
         }
     }
 

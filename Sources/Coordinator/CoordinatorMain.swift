@@ -1,4 +1,5 @@
 import ChatCore
+import Foundation
 import Logging
 import NIOPosix
 import ServiceLifecycle
@@ -50,8 +51,15 @@ enum CoordinatorMain {
             redisEndpoint = try Endpoint(parsing: options.string("redis-url", default: "\(stateDir)/redis.sock"))
             locator = try RedisLocator.from(options: options, fixed: redisEndpoint)
             redisTLS = try RedisTLS.from(options: options)
+            let id = options.string("id", default: "coordinator-\(getpid())")
+            guard (1...64).contains(id.utf8.count), id.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) || "._:-".unicodeScalars.contains($0) }) else {
+                throw Options.Invalid("--id must be 1 to 64 letters, digits, '.', '_', ':' or '-'")
+            }
+            guard leaderLeaseMs == 0 || waitMs * 2 < leaderLeaseMs else {
+                throw Options.Invalid("--redis-wait-ms must be under half of --leader-lease-ms (a renewal must be answered in time to count)")
+            }
             // Unique per start: a restarted coordinator does not inherit its old lease.
-            holder = options.string("id", default: "coordinator-\(getpid())") + "/" + String(try Crypto.newToken().prefix(12))
+            holder = id + "/" + String(try Crypto.newToken().prefix(12))
             limits = try RateLimits(options: options)
             lease = try options.double("lease-seconds", default: 3)
             settle = try options.double("settle-seconds", default: 1.5)

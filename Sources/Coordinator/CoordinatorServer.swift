@@ -24,8 +24,12 @@ final class CoordinatorCore: Sendable {
         var snapshotSent = false
         /// Active under this epoch until this moment (monotonic); nil while a standby.
         var leadership: (epoch: UInt64, until: Double)?
-        /// Keys of the carried-over kinds changed since they were last written to Redis.
+        /// Keys of the carried-over kinds changed since they were last written to Redis (at
+        /// most `maxDirty`; beyond, a change is not carried over).
         var dirty: Set<String> = []
+        /// The limiter of the last term, kept after a step-down: if the same epoch comes back
+        /// (the lease was still ours in Redis), it continues exactly.
+        var retained: (epoch: UInt64, limiter: GCRA)?
 
         func isActive(now: Double) -> Bool { leadership.map { now < $0.until } ?? false }
     }
@@ -41,6 +45,7 @@ final class CoordinatorCore: Sendable {
     /// them exactly: the login limits (few writes, and a spent burst would refuse every login
     /// for up to 12 s). The per-user ones refill within seconds: a successor counts them spent.
     static let carriedKinds: Set<RateLimitKind> = [.loginUser, .loginName, .loginAddress]
+    static let maxDirty = 100_000
 
     /// `elected`: this coordinator serves only while it holds the lease (`activate`); without,
     /// it is the only one and always active, under epoch 0.
@@ -67,32 +72,40 @@ final class CoordinatorCore: Sendable {
         let now = Self.now()
         // The last moment it may have served, on our monotonic clock (never later than now).
         let spentAt = predecessor.map { now - max(0, Date().timeIntervalSince1970 - $0) }
-        let fresh = state.withLockedValue { s -> Bool in
+        let fresh = state.withLockedValue { s -> String? in
             if let l = s.leadership, l.epoch == epoch {
                 s.leadership = (epoch, max(l.until, until))
-                return false
+                return nil
             }
+            var how = spentAt == nil ? "full (no coordinator active lately)" : "bursts spent, login limits carried over (taking over)"
             s.table = WorkerTable(leaseDuration: leaseDuration, maxPerUser: maxSocketsPerUser)
-            s.limiter = GCRA(limits: limits, spentAt: spentAt, spentKinds: Set(RateLimitKind.allCases).subtracting(Self.carriedKinds))
-            let wallNow = Date().timeIntervalSince1970
-            for c in carried {
-                let tat = c.wall - wallNow + now
-                if tat > now { s.limiter.seed(fullKey: c.key, tat: tat) }
+            if let r = s.retained, r.epoch == epoch {
+                // Our own term again: nobody else served in between.
+                s.limiter = r.limiter
+                how = "continued (the same term)"
+            } else {
+                s.limiter = GCRA(limits: limits, spentAt: spentAt, spentKinds: Set(RateLimitKind.allCases).subtracting(Self.carriedKinds))
+                let wallNow = Date().timeIntervalSince1970
+                for c in carried {
+                    let tat = c.wall - wallNow + now
+                    if tat > now { s.limiter.seed(fullKey: c.key, tat: tat) }
+                }
+                s.dirty = []
             }
-            s.dirty = []
+            s.retained = nil
             s.links = [:]
             s.workerLinks = [:]
             s.settledAt = now + settle
             s.snapshotSent = false
             s.leadership = (epoch, until)
-            return true
+            return how
         }
-        if fresh {
+        if let how = fresh {
             Telemetry.coordinatorActive.record(1)
             Telemetry.coordinatorEpoch.record(Int64(epoch))
             Telemetry.coordinatorTakeovers.increment()
             logger.notice("coordinator active", metadata: ["epoch": "\(epoch)", "wall_time": "\(Date().timeIntervalSince1970)",
-                                                          "limits": "\(spentAt == nil ? "full (no coordinator active lately)" : "bursts spent (taking over)")"])
+                                                          "limits": "\(how)"])
         }
     }
 
@@ -100,7 +113,8 @@ final class CoordinatorCore: Sendable {
     /// state is dropped.
     func deactivate(reason: String) {
         let links = state.withLockedValue { s -> [Channel] in
-            guard s.leadership != nil else { return [] }
+            guard let l = s.leadership else { return [] }
+            s.retained = (l.epoch, s.limiter)
             s.leadership = nil
             s.links = [:]
             s.workerLinks = [:]
@@ -127,7 +141,7 @@ final class CoordinatorCore: Sendable {
 
     func markDirty(_ keys: [String]) {
         state.withLockedValue { s in
-            if s.leadership != nil { s.dirty.formUnion(keys) }
+            if s.leadership != nil, s.dirty.count < Self.maxDirty { s.dirty.formUnion(keys.prefix(Self.maxDirty - s.dirty.count)) }
         }
     }
 
@@ -135,9 +149,11 @@ final class CoordinatorCore: Sendable {
         state.withLockedValue { $0.allLinks[ObjectIdentifier(link)] = link }
     }
 
+    /// Seconds on CLOCK_BOOTTIME: monotonic, and counting a suspended machine too (a lease
+    /// must lapse by this clock while the host sleeps).
     static func now() -> Double {
         var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
+        clock_gettime(CLOCK_BOOTTIME, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
@@ -184,12 +200,12 @@ final class CoordinatorCore: Sendable {
                 return .route(worker: r.id, address: r.address)
             case let .rateCheck(kind, key, consume):
                 let d = s.limiter.check(kind: kind, key: key, now: now, consume: consume)
-                if consume, d.allowed, Self.carriedKinds.contains(kind) { s.dirty.insert(GCRA.fullKey(kind, key)) }
+                if consume, d.allowed, Self.carriedKinds.contains(kind), s.dirty.count < Self.maxDirty { s.dirty.insert(GCRA.fullKey(kind, key)) }
                 Telemetry.rateChecks(kind, allowed: d.allowed)?.increment()
                 return .rate(allowed: d.allowed, retryAfterMs: Int((d.retryAfter * 1000).rounded(.up)))
             case let .rateRefund(kind, key):
                 s.limiter.refund(kind: kind, key: key, now: now)
-                if Self.carriedKinds.contains(kind) { s.dirty.insert(GCRA.fullKey(kind, key)) }
+                if Self.carriedKinds.contains(kind), s.dirty.count < Self.maxDirty { s.dirty.insert(GCRA.fullKey(kind, key)) }
                 return .ok
             case .status:
                 return .status(workers: s.table.liveWorkerCount, online: s.table.presence.counts.count)

@@ -19,28 +19,36 @@ final class ElectionService: Service, Sendable {
     /// again), written with each renewal for a successor to continue from.
     static let limitsKey = "sc:coordinator:limits"
 
-    /// Takes the lease if free (a new epoch from the counter), renews it if ours (writing the
-    /// changed limits, ARGV[5...] as score/member pairs, score 0 to remove). Answers {epoch,
-    /// when the previous holder may last have served or "", the limits it left} for a fresh
-    /// lease, {epoch, "", {}} for a renewal, {0, "", {}} when another holds it.
+    /// Takes the lease if free, renews it if ours (writing the changed limits, ARGV[6...] as
+    /// score/member pairs, score 0 to remove). A new epoch is the counter plus one, or the
+    /// wall-clock ms if that is more: epochs keep growing even if Redis lost the counter in a
+    /// failover. Answers {epoch, when a holder may last have served or "", the limits left}
+    /// for a fresh lease or when asked (ARGV[5] = "1": we are not active), {epoch, "", {}} for
+    /// a renewal, {0, "", {}} when another holds it. The limits come most-spent first, 20,000
+    /// at most.
     static let acquire = RedisScript("""
+    local function carried(last)
+      if last == '' then return {} end
+      return redis.call('ZREVRANGEBYSCORE', KEYS[4], '+inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0, 20000)
+    end
     local cur = redis.call('GET', KEYS[1])
     if not cur then
-      local e = redis.call('INCR', KEYS[2])
+      local e = math.max(redis.call('INCR', KEYS[2]), tonumber(ARGV[3]))
+      redis.call('SET', KEYS[2], string.format('%d', e))
       local last = redis.call('GET', KEYS[3]) or ''
-      redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
+      redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', e), 'PX', ARGV[2])
       redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-      local carried = {}
-      if last ~= '' then
-        carried = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', 0, 200000)
-      end
-      return {e, last, carried}
+      return {e, last, carried(last)}
     end
     local sp = string.find(cur, ' ', 1, true)
     if sp and string.sub(cur, 1, sp - 1) == ARGV[1] then
+      local last = ''
+      if ARGV[5] == '1' then last = redis.call('GET', KEYS[3]) or '' end
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-      for i = 5, #ARGV, 2 do
+      local left = {}
+      if ARGV[5] == '1' then left = carried(last) end
+      for i = 6, #ARGV, 2 do
         if tonumber(ARGV[i]) > 0 then
           redis.call('ZADD', KEYS[4], ARGV[i], ARGV[i + 1])
         else
@@ -49,7 +57,7 @@ final class ElectionService: Service, Sendable {
       end
       redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3])
       redis.call('PEXPIRE', KEYS[4], ARGV[4])
-      return {tonumber(string.sub(cur, sp + 1)), '', {}}
+      return {tonumber(string.sub(cur, sp + 1)), last, left}
     end
     return {0, '', {}}
     """)
@@ -131,8 +139,10 @@ final class ElectionService: Service, Sendable {
         let wallMs = String(Int(Date().timeIntervalSince1970 * 1000))
         let dirty = core.takeDirty()
         let changed = dirty.flatMap { [String(Int($0.wall * 1000)), $0.key] }
+        // Not active now: if the lease turns out to be still ours, we want what it left too.
+        let wantState = lease.withLockedValue { $0.epoch == nil } ? "1" : "0"
         redis.evalScriptFuture(Self.acquire, keys: [Self.leaseKey, Self.epochKey, Self.lastKey, Self.limitsKey],
-                               args: [holder, ttlMs, wallMs, refillMs] + changed, on: loop, pinned: pinned)
+                               args: [holder, ttlMs, wallMs, refillMs, wantState] + changed, on: loop, pinned: pinned)
             .flatMap { reply -> EventLoopFuture<(UInt64?, Double?, [(key: String, wall: Double)])> in
                 guard let parts = reply.array, parts.count == 3, let n = parts[0].int, n >= 0 else {
                     return loop.makeFailedFuture(RedisError.unexpectedReply)

@@ -115,7 +115,10 @@ struct RunCommand {
             return ["--metrics-listen", "127.0.0.1:\(port)"]
         }
         if coordinators == 1 {
-            children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator", arguments: coordinatorArgs + (try metricsArgs("coordinator"))))
+            // One coordinator may still stand for election (a standby started elsewhere).
+            let lease = options.string("leader-lease-ms").map { ["--leader-lease-ms", $0] } ?? []
+            children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator",
+                                  arguments: coordinatorArgs + lease + (try metricsArgs("coordinator"))))
         } else {
             for (i, socket) in coordinatorSockets.enumerated() {
                 let name = "coordinator-\(i + 1)"
