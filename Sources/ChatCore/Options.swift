@@ -40,7 +40,7 @@ public struct Options: Sendable {
 
     /// Flags every server process takes (the launcher passes them all to each child).
     public static let common: Set<String> = [
-        "help", "log-level", "parent-pid", "metrics-listen", "state-dir", "redis-url", "redis-password", "redis-user", "redis-tls-ca", "redis-sentinels", "redis-master-name", "coordinator", "cluster-secret",
+        "help", "log-level", "parent-pid", "metrics-listen", "state-dir", "redis-url", "redis-password", "redis-user", "redis-tls-ca", "redis-sentinels", "redis-master-name", "redis-sentinel-password", "redis-sentinel-user", "coordinator", "cluster-secret",
         "session-idle-seconds", "session-max-seconds",
         "msg-burst", "msg-per-second", "login-user-per-minute", "login-name-per-minute", "login-address-per-minute",
         "sync-burst", "sync-per-second", "request-burst", "requests-per-second",

@@ -37,6 +37,8 @@ public enum ProcessSupport {
                                  primary they name (its ROLE checked), and follows +switch-master and
                                  READONLY to the next one; --redis-url is then unused
       --redis-master-name NAME   the primary's name at the Sentinels (default sc)
+      --redis-sentinel-password PW, --redis-sentinel-user NAME   AUTH for the Sentinels themselves
+                                 (their requirepass or an ACL user; prefer the environment)
       --coordinator ADDR[,ADDR]  coordinator socket path or host:port (default <state-dir>/coordinator.sock);
                                  several: the active one and its standbys, whichever holds the lease
       --cluster-secret S         secret every internal link proves (prefer the environment)

@@ -22,6 +22,12 @@ public struct RedisError: Error, CustomStringConvertible, Equatable {
         return false
     }
 
+    /// A refused `AUTH` (wrong password or user), or a command refused for want of one.
+    public var isAuthFailure: Bool {
+        if case let .server(m) = code { return m.hasPrefix("WRONGPASS") || m.hasPrefix("NOAUTH") || m.hasPrefix("ERR invalid password") }
+        return false
+    }
+
     public var description: String {
         switch code {
         case .unavailable: return "redis unavailable"
@@ -142,8 +148,10 @@ public final class RedisClient: Service, Sendable {
     public func run() async throws {
         let endpoint = self.endpoint, group = self.group, password = self.password, user = self.user, tls = self.tls
         let locator = self.locator, logger = self.logger
+        let switchesBefore = NIOLockedValueBox(0)
         await Reconnector(what: "redis", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: channel).run(
             connect: {
+                switchesBefore.withLockedValue { $0 = locator.switchCount }
                 let target = try await locator.primary(group: group, logger: logger)
                 return try await Self.connect(endpoint: target, group: group) { ch in
                     if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
@@ -166,6 +174,12 @@ public final class RedisClient: Service, Sendable {
                     let role = try await self.send(["ROLE"])
                     guard role.array?.first?.string == "master" else {
                         logger.warning("the node Sentinel named is not the primary; asking again")
+                        throw RedisError.unavailable
+                    }
+                    // A +switch-master heard while this connection was made: it may be to the
+                    // old primary. From here on, `reconnect()` finds the channel and closes it.
+                    guard locator.switchCount == switchesBefore.withLockedValue({ $0 }) else {
+                        logger.warning("Sentinel switched the primary while connecting; asking again")
                         throw RedisError.unavailable
                     }
                 }

@@ -11,23 +11,37 @@ public struct RedisLocator: Sendable {
     public let fixed: Endpoint
     public let sentinels: [Endpoint]
     public let masterName: String
+    /// `AUTH` for the Sentinels themselves (their `requirepass`, or an ACL user of theirs).
+    public let sentinelPassword: String?
+    public let sentinelUser: String?
     private let nextSentinel = NIOLockedValueBox(0)
+    /// How many `+switch-master` this process has heard: a connection made while one arrives
+    /// (its channel not yet there to be closed) sees the count change and looks again.
+    private let switches = NIOLockedValueBox(0)
 
-    public init(fixed: Endpoint, sentinels: [Endpoint] = [], masterName: String = "sc") {
+    public var switchCount: Int { switches.withLockedValue { $0 } }
+
+    public func noteSwitch() { switches.withLockedValue { $0 += 1 } }
+
+    public init(fixed: Endpoint, sentinels: [Endpoint] = [], masterName: String = "sc", sentinelPassword: String? = nil, sentinelUser: String? = nil) {
         self.fixed = fixed
         self.sentinels = sentinels
         self.masterName = masterName
+        self.sentinelPassword = sentinelPassword
+        self.sentinelUser = sentinelUser
     }
 
     public var usesSentinels: Bool { !sentinels.isEmpty }
 
-    /// From `--redis-sentinels host:port,…` and `--redis-master-name` (default `sc`).
+    /// From `--redis-sentinels host:port,…`, `--redis-master-name` (default `sc`) and
+    /// `--redis-sentinel-password`/`--redis-sentinel-user`.
     public static func from(options: Options, fixed: Endpoint) throws -> RedisLocator {
         let list = (options.string("redis-sentinels") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let sentinels = try list.map { try Endpoint(parsing: $0) }
         let name = options.string("redis-master-name", default: "sc")
         guard !name.isEmpty, name.utf8.count <= 64 else { throw Options.Invalid("--redis-master-name must be 1 to 64 bytes") }
-        return RedisLocator(fixed: fixed, sentinels: sentinels, masterName: name)
+        return RedisLocator(fixed: fixed, sentinels: sentinels, masterName: name,
+                            sentinelPassword: options.string("redis-sentinel-password"), sentinelUser: options.string("redis-sentinel-user"))
     }
 
     /// The next Sentinel to ask (each caller starts where the last one left off).
@@ -48,12 +62,15 @@ public struct RedisLocator: Sendable {
         for _ in 0..<sentinels.count {
             let s = sentinel()
             do {
-                let reply = try await Self.ask(s, ["SENTINEL", "get-master-addr-by-name", masterName], group: group)
+                let reply = try await Self.ask(s, ["SENTINEL", "get-master-addr-by-name", masterName], group: group,
+                                               auth: sentinelPassword.map { RedisClient.authCommand(user: sentinelUser, password: $0) })
                 if let parts = reply.array, parts.count == 2, let host = parts[0].string, let port = parts[1].string.flatMap(Int.init) {
                     votes[.tcp(host: host, port: port), default: 0] += 1
                 } else {
                     logger.warning("a Sentinel does not know the primary", metadata: ["sentinel": "\(s)", "master": "\(masterName)"])
                 }
+            } catch let error as RedisError where error.isAuthFailure {
+                logger.error("a Sentinel refused the password (--redis-sentinel-password)", metadata: ["sentinel": "\(s)"])
             } catch {
                 logger.debug("a Sentinel did not answer", metadata: ["sentinel": "\(s)"])
             }
@@ -63,8 +80,9 @@ public struct RedisLocator: Sendable {
         throw RedisError.unavailable
     }
 
-    /// One command on a connection of its own, closed after the reply (at most a second).
-    static func ask(_ endpoint: Endpoint, _ args: [String], group: EventLoopGroup) async throws -> RESPValue {
+    /// One command on a connection of its own (after `auth`, if given), closed after the reply
+    /// (at most a second).
+    static func ask(_ endpoint: Endpoint, _ args: [String], group: EventLoopGroup, auth: [String]? = nil) async throws -> RESPValue {
         let ch = try await ClientBootstrap(group: group)
             .connectTimeout(.seconds(1))
             .channelInitializer { ch in
@@ -76,12 +94,22 @@ public struct RedisLocator: Sendable {
             }
             .connect(to: endpoint).get()
         let promise = ch.eventLoop.makePromise(of: RESPValue.self)
-        let timeout = ch.eventLoop.scheduleTask(in: .seconds(1)) { promise.fail(RedisError.timeout) }
+        let authed = ch.eventLoop.makePromise(of: RESPValue.self)
+        let timeout = ch.eventLoop.scheduleTask(in: .seconds(1)) {
+            promise.fail(RedisError.timeout)
+            authed.fail(RedisError.timeout)
+        }
+        if let auth {
+            ch.write((auth, authed)).whenFailure { authed.fail($0) }
+        } else {
+            authed.succeed(.simple("OK"))
+        }
         ch.writeAndFlush(([String](args), promise)).whenFailure { promise.fail($0) }
         defer {
             timeout.cancel()
             ch.close(promise: nil)
         }
+        if case let .error(message) = try await authed.futureResult.get() { throw RedisError.server(message) }
         return try await promise.futureResult.get()
     }
 }
@@ -101,13 +129,14 @@ public final class SentinelWatcher: Service, Sendable {
         let name = locator.masterName
         subscriber = RedisSubscriber(
             resolve: { locator.sentinel() }, what: "redis sentinel", channels: ["+switch-master"], checkRole: false,
-            group: group, logger: logger,
+            password: locator.sentinelPassword, user: locator.sentinelUser, group: group, logger: logger,
             onMessage: { _, payload in
                 // "<master name> <old ip> <old port> <new ip> <new port>"
                 let parts = payload.split(separator: " ")
                 guard parts.count == 5, parts[0] == name else { return }
                 logger.warning("Sentinel switched the primary; following it",
                                metadata: ["from": "\(parts[1]):\(parts[2])", "to": "\(parts[3]):\(parts[4])"])
+                locator.noteSwitch()
                 onSwitch()
             },
             onState: { _ in })

@@ -100,6 +100,8 @@ public final class RedisSubscriber: Service, Sendable {
     private let onMessage: @Sendable (String, String) -> Void
     private let onState: @Sendable (Bool) -> Void
     private let current = NIOLockedValueBox<Channel?>(nil)
+    /// The locator's count of `+switch-master` heard (0 without one).
+    private let switchCount: @Sendable () -> Int
 
     public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, channels: [String], group: EventLoopGroup, logger: Logger,
                 onMessage: @escaping @Sendable (String, String) -> Void,
@@ -109,6 +111,7 @@ public final class RedisSubscriber: Service, Sendable {
         self.onSubscribed = onSubscribed
         self.endpoint = endpoint
         self.resolve = { [group, logger] in try await locator.primary(group: group, logger: logger) }
+        self.switchCount = { locator.switchCount }
         self.what = "redis subscription"
         self.checkRole = locator.usesSentinels
         self.channels = channels
@@ -122,18 +125,20 @@ public final class RedisSubscriber: Service, Sendable {
     }
 
     /// A subscription to wherever `resolve` says, now and after every loss (a Sentinel's
-    /// channels: no AUTH, no role check unless asked).
+    /// channels: AUTH only with `password`, no role check unless asked).
     public init(resolve: @escaping @Sendable () async throws -> Endpoint, what: String, channels: [String], checkRole: Bool,
+                password: String? = nil, user: String? = nil,
                 group: EventLoopGroup, logger: Logger, onMessage: @escaping @Sendable (String, String) -> Void,
                 onState: @escaping @Sendable (Bool) -> Void) {
         self.endpoint = nil
         self.resolve = resolve
+        self.switchCount = { 0 }
         self.what = what
         self.checkRole = checkRole
         self.channels = channels
         self.onSubscribed = { _ in }
-        self.password = nil
-        self.user = nil
+        self.password = password
+        self.user = user
         self.tls = nil
         self.group = group
         self.logger = logger
@@ -164,12 +169,14 @@ public final class RedisSubscriber: Service, Sendable {
         let channels = self.channels, fixed = Set(channels), wanted = self.wanted, onSubscribed = self.onSubscribed
         let onState = self.onState, onMessage = self.onMessage, logger = self.logger
         let group = self.group, password = self.password, user = self.user, tls = self.tls
-        let resolve = self.resolve, checkRole = self.checkRole
+        let resolve = self.resolve, checkRole = self.checkRole, switchCount = self.switchCount
+        let switchesBefore = NIOLockedValueBox(0)
         let shown = endpoint ?? .unix(path: what)
         await Reconnector(what: what, endpoint: shown, logger: logger, base: 0.05, cap: 2, current: current).run(
             connect: {
                 // The fixed channels confirmed on this connection: all of them is "up".
                 let confirmed = NIOLockedValueBox<Set<String>>([])
+                switchesBefore.withLockedValue { $0 = switchCount() }
                 let endpoint = try await resolve()
                 return try await RedisClient.connect(endpoint: endpoint, group: group) { ch in
                     if let tls { try ch.pipeline.syncOperations.addHandler(try tls.handler()) }
@@ -195,6 +202,12 @@ public final class RedisSubscriber: Service, Sendable {
                 }
             },
             established: { ch in
+                // A +switch-master heard while connecting: this may be the old primary (from
+                // here on, `reconnect()` finds the channel and closes it).
+                guard switchCount() == switchesBefore.withLockedValue({ $0 }) else {
+                    logger.warning("Sentinel switched the primary while connecting; asking again")
+                    throw RedisError.unavailable
+                }
                 // Replies come back in order: a refused AUTH is read (and closes the link) before SUBSCRIBE's.
                 if let password { ch.write(RedisClient.authCommand(user: user, password: password), promise: nil) }
                 if checkRole { ch.write(["ROLE"], promise: nil) }
