@@ -13,6 +13,7 @@ import pytest
 import requests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+NOWHERE = "10.77.0.99"   # on the hosts' subnet, and no host has it
 sys.path.insert(0, os.path.join(HERE, "..", "IntegrationTests"))
 
 
@@ -55,7 +56,7 @@ class Cluster:
         return out
 
     def worker_epochs(self):
-        return {w: requests.get("http://%s:7100/healthz" % self.ip(w), timeout=5).json()["coordinator_epoch"]
+        return {w: requests.get("http://%s:7101/healthz" % self.ip(w), timeout=5).json()["coordinator_epoch"]
                 for w in ("w1", "w2", "w3")}
 
     def ip(self, host):
@@ -67,6 +68,13 @@ class Cluster:
 
     def mend(self, host):
         subprocess.run(["ip", "-n", self.info["hosts"][host]["ns"], "link", "set", "eth0", "up"], check=True)
+
+    def route_nowhere(self, host, ip):
+        """From `host`, packets to `ip` go to an address nobody has: silence, as a partition."""
+        subprocess.run(["ip", "-n", self.info["hosts"][host]["ns"], "route", "add", ip + "/32", "via", NOWHERE], check=True)
+
+    def route_back(self, host, ip):
+        subprocess.run(["ip", "-n", self.info["hosts"][host]["ns"], "route", "del", ip + "/32", "via", NOWHERE], check=True)
 
     def kill(self, process, sig=signal.SIGKILL):
         os.killpg(self.info["pids"][process], sig)
@@ -91,6 +99,11 @@ def cluster():
         pytest.fail("run these through scripts/multihost --test: they need its hosts")
     with open(os.environ["MULTIHOST"]) as f:
         return Cluster(json.load(f))
+
+
+def host_of(worker_id):
+    """The host a worker runs on: securechat-worker@1 on w2 is `w2-1` (--id %H-%i)."""
+    return worker_id.rsplit("-", 1)[0]
 
 
 def mended(cluster, host, deadline=30):

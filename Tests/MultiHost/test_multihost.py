@@ -5,7 +5,9 @@ import asyncio
 import re
 import time
 
-from conftest import mended  # noqa: F401
+import pytest
+
+from conftest import host_of, mended  # noqa: F401
 from resilient import ResilientClient, everyone_has, stop_all, wait_until
 from wsclient import Client, id_key, run
 
@@ -19,7 +21,7 @@ def test_chat_across_hosts_with_global_presence_and_limits(cluster):
         for n in names:
             for _ in range(3):
                 clients.append((n, await Client.connect(cluster, cluster.login(n))))
-        workers = {c.worker for _, c in clients}
+        workers = {host_of(c.worker) for _, c in clients}
         # Everyone online everywhere: the last to connect sees all four.
         last = clients[-1][1]
         assert set(names) <= set(last.welcome["online"]), last.welcome["online"]
@@ -78,7 +80,7 @@ def resilient_scenario(cluster, victim_host, names, per_sender=40, expect_victim
         load = [asyncio.create_task(traffic(s)) for s in senders]
         await wait_until(lambda: sum(len(s.acked) for s in senders) >= 20, 20, "traffic flowing")
         if victim_host.startswith("w"):
-            on_victim = [c for c in clients if c.workers[-1] == victim_host]
+            on_victim = [c for c in clients if host_of(c.workers[-1]) == victim_host]
         else:
             on_victim = list(clients)   # who went through which gateway is HAProxy's to know
         cut_at = time.monotonic()
@@ -91,7 +93,7 @@ def resilient_scenario(cluster, victim_host, names, per_sender=40, expect_victim
         moved = [c for c in on_victim if any(t > cut_at for t in c.live_at)]
         out["victims"] = len(moved)
         out["back_after"] = sorted(round(min(t for t in c.live_at if t > cut_at) - cut_at, 2) for c in moved)
-        out["workers_after"] = sorted({c.workers[-1] for c in moved})
+        out["workers_after"] = sorted({host_of(c.workers[-1]) for c in moved})
         await stop_all(clients, tasks)
 
     try:
@@ -149,14 +151,22 @@ def wait_until_sync(predicate, timeout, what):
         time.sleep(0.1)
 
 
-def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active_ones(cluster):
+@pytest.mark.parametrize("partition", ["host", "redis"])
+def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active_ones(cluster, partition):
     old, new = one_active_coordinator(cluster)
     old_epoch = cluster.metric(old, "securechat_coordinator_epoch")
     alice = cluster.login("alice")
+    redis_hosts = [cluster.ip(h) for h in ("redis1", "redis2", "redis3")]
     cut_at = time.monotonic()
-    # The active coordinator's host cut off: it is still running, and cannot reach Redis to
-    # renew, nor anyone to hear it. It must stop by its own clock before the standby may start.
-    cluster.cut(old)
+    if partition == "host":
+        # Its host cut off: still running, it can reach neither Redis to renew nor anyone
+        # to hear it. It must stop by its own clock before the standby may start.
+        cluster.cut(old)
+    else:
+        # Only Redis (and its Sentinels) out of reach, silently (a route to an address that
+        # answers nothing): the workers and gateways still reach it and would take its answers.
+        for ip in redis_hosts:
+            cluster.route_nowhere(old, ip)
     try:
         wait_until_sync(lambda: cluster.metric(new, "securechat_coordinator_active") == 1, 20, "the standby active")
         took_over = time.monotonic()
@@ -172,7 +182,11 @@ def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active
             await a.ws.close()
         run(chat())
     finally:
-        mended(cluster, old)
+        if partition == "host":
+            mended(cluster, old)
+        else:
+            for ip in redis_hosts:
+                cluster.route_back(old, ip)
     # Back on the network, it is a standby: the lease is the other's, and every client keeps
     # to the newer epoch. Watched for 3 s (a lease and a half).
     wait_until_sync(lambda: cluster.active_coordinators() == [new], 20, "the old coordinator back as a standby")
@@ -187,9 +201,11 @@ def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active
     new_term = [t for t in coordinator_terms(cluster, new) if t[0] == new_epoch][-1]
     assert old_term[2] is not None, "the cut-off coordinator never stepped down: %r" % old_term
     assert old_term[2] < new_term[1], (old_term, new_term)
-    print("\n[coordinator host %s cut] %s active %.2f s after the cut, every worker on it %.2f s after; "
+    assert any("coordinator stepped down" in line and "reason=expired" in line for line in cluster.log(old).splitlines())
+    print("\n[coordinator %s: %s cut off] %s active %.2f s after the cut, every worker on it %.2f s after; "
           "the old term ended %.3f s before the new one began; the old one back as a standby"
-          % (old, new, took_over - cut_at, followed - cut_at, new_term[1] - old_term[2]))
+          % (old, "its host" if partition == "host" else "Redis", new, took_over - cut_at, followed - cut_at,
+             new_term[1] - old_term[2]))
 
 
 def test_the_active_coordinator_killed_the_standby_takes_over_and_presence_is_exact_again(cluster):
@@ -250,7 +266,8 @@ def redis_failover(cluster, how):
         """The primary most Sentinels name (one that was cut off may still name the old one)."""
         answers = []
         for ip in cluster.info["sentinels"]:
-            r = subprocess.run(["redis-cli", "-h", ip, "-p", "26379", "--raw", "SENTINEL", "get-master-addr-by-name", "sc"],
+            r = subprocess.run(["redis-cli", "-h", ip, "-p", "26379", "--no-auth-warning", "-a", cluster.info["sentinel_password"],
+                                "--raw", "SENTINEL", "get-master-addr-by-name", "sc"],
                                capture_output=True, text=True, timeout=5)
             if r.returncode == 0 and r.stdout.strip():
                 answers.append(r.stdout.split()[0])
