@@ -102,7 +102,7 @@ def cluster():
 
 
 def host_of(worker_id):
-    """The host a worker runs on: securechat-worker@1 on w2 is `w2-1` (--id %H-%i)."""
+    """The host a worker runs on: securechat-worker@01 on w2 is `w2-01` (--id %H-%i)."""
     return worker_id.rsplit("-", 1)[0]
 
 

@@ -279,6 +279,10 @@ def redis_failover(cluster, how):
         return r.stdout.count("state=online")
 
     out["primary_before"] = sentinel_primary()
+    # The Sentinels ask for their password (every process here sends it; without, refused).
+    bare = subprocess.run(["redis-cli", "-h", cluster.info["sentinels"][0], "-p", "26379", "--raw",
+                           "SENTINEL", "get-master-addr-by-name", "sc"], capture_output=True, text=True, timeout=5)
+    assert "NOAUTH" in bare.stdout + bare.stderr, bare
 
     async def scenario():
         tasks = [asyncio.create_task(c.run()) for c in clients]
