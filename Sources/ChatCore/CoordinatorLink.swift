@@ -103,6 +103,8 @@ public final class CoordinatorLink: Service, Sendable {
     private let choice: NIOLockedValueBox<CoordinatorChoice>
     /// The link that passed `hello` and the fencing rule: other requests go only on it.
     private let accepted = NIOLockedValueBox<ObjectIdentifier?>(nil)
+    /// The last refusal logged: the same one again (every half second) is not repeated.
+    private let lastRefusal = NIOLockedValueBox<String?>(nil)
     private let onEvent: @Sendable (CoordinatorFrame) -> Void
     private let onConnect: @Sendable (CoordinatorLink) async -> Void
     static let keepalive = TimeAmount.milliseconds(500)
@@ -167,6 +169,8 @@ public final class CoordinatorLink: Service, Sendable {
             },
             ended: {
                 choice.withLockedValue { $0.moveOn() }
+                // An identifier may be reused by the next channel: nothing is accepted until judged.
+                self.accepted.withLockedValue { $0 = nil }
             })
     }
 
@@ -176,6 +180,16 @@ public final class CoordinatorLink: Service, Sendable {
         if case let .leader(e) = answer { epoch = e } else { epoch = nil }
         let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
         let (verdict, endpoint) = choice.withLockedValue { ($0.judge(epoch: epoch, now: now), $0.current) }
+        let refusal: String?
+        switch verdict {
+        case .accept, .acceptOlder, .notActive: refusal = nil
+        default: refusal = "\(verdict) \(endpoint)"
+        }
+        let repeated = lastRefusal.withLockedValue { last -> Bool in
+            defer { if refusal != nil || verdict == .accept { last = refusal } }
+            return refusal != nil && last == refusal
+        }
+        if repeated { return false }
         switch verdict {
         case .accept:
             accepted.withLockedValue { $0 = ObjectIdentifier(link) }
