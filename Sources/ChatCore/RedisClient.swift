@@ -149,7 +149,9 @@ public final class RedisClient: Service, Sendable {
         let endpoint = self.endpoint, group = self.group, password = self.password, user = self.user, tls = self.tls
         let locator = self.locator, logger = self.logger
         let switchesBefore = NIOLockedValueBox(0)
-        await Reconnector(what: "redis", endpoint: endpoint, logger: logger, base: 0.05, cap: 2, current: channel).run(
+        // With Sentinels the fixed endpoint is unused: name what it follows instead.
+        let place = locator.usesSentinels ? "the primary the Sentinels name" : endpoint.description
+        await Reconnector(what: "redis", place: place, logger: logger, base: 0.05, cap: 2, current: channel).run(
             connect: {
                 switchesBefore.withLockedValue { $0 = locator.switchCount }
                 let target = try await locator.primary(group: group, logger: logger)

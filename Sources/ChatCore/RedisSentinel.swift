@@ -115,35 +115,45 @@ public struct RedisLocator: Sendable {
 }
 
 /// `+switch-master` from the Sentinels, for this primary: `onSwitch` runs (the clients drop
-/// their connections and ask where the primary is now). Connects to the Sentinels in turn,
-/// again after any loss; a failover the watcher misses is still found when the old primary's
-/// connections break or answer `READONLY`.
+/// their connections and ask where the primary is now). It listens to every Sentinel at once,
+/// each again after any loss: one subscription alone missed the switch in a test, when its
+/// Sentinel was on the primary's host that was cut off and it came back to another after the
+/// event. The same switch heard from several Sentinels is acted on once. A failover missed
+/// anyway is still found when the old primary's connections break or answer `READONLY`.
 public final class SentinelWatcher: Service, Sendable {
-    private let subscriber: RedisSubscriber?
+    private let subscribers: [RedisSubscriber]
 
     public init(locator: RedisLocator, group: EventLoopGroup, logger: Logger, onSwitch: @escaping @Sendable () -> Void) {
-        guard locator.usesSentinels else {
-            subscriber = nil
-            return
-        }
         let name = locator.masterName
-        subscriber = RedisSubscriber(
-            resolve: { locator.sentinel() }, what: "redis sentinel", channels: ["+switch-master"], checkRole: false,
-            password: locator.sentinelPassword, user: locator.sentinelUser, group: group, logger: logger,
-            onMessage: { _, payload in
-                // "<master name> <old ip> <old port> <new ip> <new port>"
-                let parts = payload.split(separator: " ")
-                guard parts.count == 5, parts[0] == name else { return }
-                logger.warning("Sentinel switched the primary; following it",
-                               metadata: ["from": "\(parts[1]):\(parts[2])", "to": "\(parts[3]):\(parts[4])"])
-                locator.noteSwitch()
-                onSwitch()
-            },
-            onState: { _ in })
+        let last = NIOLockedValueBox<(payload: String, at: NIODeadline)?>(nil)
+        subscribers = locator.sentinels.map { sentinel in
+            RedisSubscriber(
+                resolve: { sentinel }, what: "redis sentinel", channels: ["+switch-master"], checkRole: false,
+                password: locator.sentinelPassword, user: locator.sentinelUser, place: sentinel.description, group: group, logger: logger,
+                onMessage: { _, payload in
+                    // "<master name> <old ip> <old port> <new ip> <new port>"
+                    let parts = payload.split(separator: " ")
+                    guard parts.count == 5, parts[0] == name else { return }
+                    let now = NIODeadline.now()
+                    let fresh = last.withLockedValue { l -> Bool in
+                        if let l, l.payload == payload, now - l.at < .seconds(30) { return false }
+                        l = (payload, now)
+                        return true
+                    }
+                    guard fresh else { return }
+                    logger.warning("Sentinel switched the primary; following it",
+                                   metadata: ["from": "\(parts[1]):\(parts[2])", "to": "\(parts[3]):\(parts[4])", "sentinel": "\(sentinel)"])
+                    locator.noteSwitch()
+                    onSwitch()
+                },
+                onState: { _ in })
+        }
     }
 
     /// Add it to a service group only with Sentinels (`locator.usesSentinels`).
     public func run() async throws {
-        try await subscriber?.run()
+        try await withThrowingDiscardingTaskGroup { group in
+            for s in subscribers { group.addTask { try await s.run() } }
+        }
     }
 }

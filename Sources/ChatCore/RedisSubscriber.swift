@@ -86,6 +86,8 @@ final class SubscriberHandler: ChannelInboundHandler {
 /// channel's messages arrive.
 public final class RedisSubscriber: Service, Sendable {
     public let endpoint: Endpoint?
+    /// Where it connects, as the logs name it.
+    private let place: String
     private let resolve: @Sendable () async throws -> Endpoint
     private let what: String
     private let checkRole: Bool
@@ -110,6 +112,8 @@ public final class RedisSubscriber: Service, Sendable {
         let locator = locator ?? RedisLocator(fixed: endpoint)
         self.onSubscribed = onSubscribed
         self.endpoint = endpoint
+        // With Sentinels the fixed endpoint is unused: name what it follows instead.
+        self.place = locator.usesSentinels ? "the primary the Sentinels name" : endpoint.description
         self.resolve = { [group, logger] in try await locator.primary(group: group, logger: logger) }
         self.switchCount = { locator.switchCount }
         self.what = "redis subscription"
@@ -127,10 +131,11 @@ public final class RedisSubscriber: Service, Sendable {
     /// A subscription to wherever `resolve` says, now and after every loss (a Sentinel's
     /// channels: AUTH only with `password`, no role check unless asked).
     public init(resolve: @escaping @Sendable () async throws -> Endpoint, what: String, channels: [String], checkRole: Bool,
-                password: String? = nil, user: String? = nil,
+                password: String? = nil, user: String? = nil, place: String? = nil,
                 group: EventLoopGroup, logger: Logger, onMessage: @escaping @Sendable (String, String) -> Void,
                 onState: @escaping @Sendable (Bool) -> Void) {
         self.endpoint = nil
+        self.place = place ?? what
         self.resolve = resolve
         self.switchCount = { 0 }
         self.what = what
@@ -171,8 +176,7 @@ public final class RedisSubscriber: Service, Sendable {
         let group = self.group, password = self.password, user = self.user, tls = self.tls
         let resolve = self.resolve, checkRole = self.checkRole, switchCount = self.switchCount
         let switchesBefore = NIOLockedValueBox(0)
-        let shown = endpoint ?? .unix(path: what)
-        await Reconnector(what: what, endpoint: shown, logger: logger, base: 0.05, cap: 2, current: current).run(
+        await Reconnector(what: what, place: place, logger: logger, base: 0.05, cap: 2, current: current).run(
             connect: {
                 // The fixed channels confirmed on this connection: all of them is "up".
                 let confirmed = NIOLockedValueBox<Set<String>>([])
