@@ -116,7 +116,7 @@ public struct GCRA: Sendable {
     /// Checks one cell for `key`; spends it when `consume` and allowed.
     public mutating func check(kind: RateLimitKind, key: String, now: Double, consume: Bool = true) -> Decision {
         let limit = limits[kind]
-        let fullKey = "\(kind.rawValue):\(key)"
+        let fullKey = Self.fullKey(kind, key)
         let tolerance = limit.interval * Double(limit.burst - 1)
         let current = max(tat[fullKey] ?? floor(kind, limit, now: now), now)
         if current - now > tolerance {
@@ -139,7 +139,7 @@ public struct GCRA: Sendable {
     /// the local shadow that a fallback starts from.
     public mutating func record(kind: RateLimitKind, key: String, now: Double) {
         let limit = limits[kind]
-        let fullKey = "\(kind.rawValue):\(key)"
+        let fullKey = Self.fullKey(kind, key)
         if tat.count >= maxKeys, tat[fullKey] == nil { prune(now: now) }
         guard tat.count < maxKeys || tat[fullKey] != nil else { return }
         tat[fullKey] = max(tat[fullKey] ?? floor(kind, limit, now: now), now) + limit.interval
@@ -147,7 +147,7 @@ public struct GCRA: Sendable {
 
     /// Gives back one cell spent on `key` (a login that succeeded, or was refused elsewhere).
     public mutating func refund(kind: RateLimitKind, key: String, now: Double) {
-        let fullKey = "\(kind.rawValue):\(key)"
+        let fullKey = Self.fullKey(kind, key)
         guard let t = tat[fullKey] else { return }
         let back = t - limits[kind].interval
         if back <= now { tat.removeValue(forKey: fullKey) } else { tat[fullKey] = back }

@@ -79,6 +79,8 @@ final class ElectionService: Service, Sendable {
     let holder: String
     let waitReplicas: Int
     let waitMs: Int
+    /// The lease's length, and as Redis takes it.
+    let ttl: Double
     let ttlMs: String
     /// How long `lastKey` is kept: the longest a rate limit takes to refill from empty.
     let refillMs: String
@@ -91,6 +93,7 @@ final class ElectionService: Service, Sendable {
         self.redis = redis
         self.core = core
         self.lease = NIOLockedValueBox(lease)
+        self.ttl = lease.ttl
         self.ttlMs = String(Int(lease.ttl * 1000))
         self.holder = holder
         self.waitReplicas = waitReplicas
@@ -134,8 +137,7 @@ final class ElectionService: Service, Sendable {
             return
         }
         let loop = pinned.eventLoop
-        let waitReplicas = waitReplicas, waitMs = waitMs, ttlMs = ttlMs
-        let ttl = lease.withLockedValue { $0.ttl }
+        let waitReplicas = waitReplicas, waitMs = waitMs, ttlMs = ttlMs, ttl = ttl
         let wallMs = String(Int(Date().timeIntervalSince1970 * 1000))
         let dirty = core.takeDirty()
         let changed = dirty.flatMap { [String(Int($0.wall * 1000)), $0.key] }

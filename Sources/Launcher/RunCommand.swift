@@ -101,6 +101,8 @@ struct RunCommand {
         }
         // Each child serves its metrics on its own port of 127.0.0.1 (never the public one).
         var metrics: [(child: String, url: String)] = []
+        // The socket each coordinator child listens on, to wait for before the workers start.
+        var coordinatorSocketOf: [String: String] = [:]
         var taken: Set<Int> = [port]
         func metricsArgs(_ child: String) throws -> [String] {
             // Never the public port, never one already handed to another child.
@@ -119,11 +121,13 @@ struct RunCommand {
             let lease = options.string("leader-lease-ms").map { ["--leader-lease-ms", $0] } ?? []
             children.append(Child(name: "coordinator", executable: bin + "/securechat-coordinator",
                                   arguments: coordinatorArgs + lease + (try metricsArgs("coordinator"))))
+            coordinatorSocketOf["coordinator"] = coordinatorSockets[0]
         } else {
             for (i, socket) in coordinatorSockets.enumerated() {
                 let name = "coordinator-\(i + 1)"
                 let args = coordinatorArgs + ["--id", name, "--listen", socket, "--leader-lease-ms", String(leaderLeaseMs), "--settle-seconds", "1"]
                 children.append(Child(name: name, executable: bin + "/securechat-coordinator", arguments: args + (try metricsArgs(name))))
+                coordinatorSocketOf[name] = socket
             }
         }
         // Workers on one machine share its cores: one event loop each per core they can have,
@@ -158,10 +162,8 @@ struct RunCommand {
         for child in children {
             try child.start(logger: logger)
             if child.name == "redis" { try await waitForSocket(redisURL, seconds: 10) }
-            if child.name.hasPrefix("coordinator") {
-                for socket in coordinatorSockets where !socket.contains(":") || socket.hasPrefix("/") {
-                    if child.name == "coordinator" || socket.hasSuffix("/\(child.name).sock") { try await waitForSocket(socket, seconds: 10) }
-                }
+            if let socket = coordinatorSocketOf[child.name], !socket.contains(":") || socket.hasPrefix("/") {
+                try await waitForSocket(socket, seconds: 10)
             }
         }
         print("SecureChat is running: open https://localhost:\(port) in a browser (admin / password123 with the shipped users.json).")
