@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,
+                                        StaleElementReferenceException, WebDriverException)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -55,7 +56,20 @@ def shot(driver, name):
 
 
 def wait(driver, condition, timeout=10):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
+    """Polls condition until it holds, within timeout. A read that lands while the page
+    navigates (the login's redirect to /chat, a reload) is asked again, not failed:
+    chromedriver answers it with "aborted by navigation", or finds an element that has
+    just gone away. Any other error still fails the test at once."""
+    def check(d):
+        try:
+            return condition(d)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        except WebDriverException as e:
+            if "aborted by navigation" in (e.msg or ""):
+                return False
+            raise
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(check)
 
 
 def login(driver, deployment, name, password=None):
