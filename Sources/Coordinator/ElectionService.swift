@@ -158,12 +158,13 @@ final class ElectionService: Service, Sendable {
                     if let key = flat[i].string, let ms = flat[i + 1].string.flatMap(Double.init) { carried.append((key, ms / 1000)) }
                     i += 2
                 }
-                guard waitReplicas > 0, epoch != nil else { return loop.makeSucceededFuture((epoch, last, carried)) }
+                let found = carried
+                guard waitReplicas > 0, epoch != nil else { return loop.makeSucceededFuture((epoch, last, found)) }
                 // The lease counts only once a replica has it: a failover must not hand an
                 // older copy of it to the next primary.
                 return self.redis.sendChecked(["WAIT", String(waitReplicas), String(waitMs)], on: loop, pinned: pinned).flatMapThrowing { acks in
                     guard let got = acks.int, got >= waitReplicas else { throw RedisError.notReplicated }
-                    return (epoch, last, carried)
+                    return (epoch, last, found)
                 }
             }
             .whenComplete { result in
