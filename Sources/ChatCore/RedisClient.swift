@@ -22,6 +22,17 @@ public struct RedisError: Error, CustomStringConvertible, Equatable {
         return false
     }
 
+    /// A failure that waiting can mend: no connection, no reply in time, no replica confirmed
+    /// yet, or a server that is demoted (`READONLY`), loading its data after a restart
+    /// (`LOADING`) or cut off from its primary (`MASTERDOWN`).
+    public var isTransient: Bool {
+        switch code {
+        case .unavailable, .timeout, .notReplicated: return true
+        case let .server(m): return m.hasPrefix("READONLY") || m.hasPrefix("LOADING") || m.hasPrefix("MASTERDOWN")
+        case .unexpected: return false
+        }
+    }
+
     /// A refused `AUTH` (wrong password or user), or a command refused for want of one.
     public var isAuthFailure: Bool {
         if case let .server(m) = code { return m.hasPrefix("WRONGPASS") || m.hasPrefix("NOAUTH") || m.hasPrefix("ERR invalid password") }

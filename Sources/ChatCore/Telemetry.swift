@@ -62,6 +62,10 @@ public enum Telemetry {
 
     // MARK: worker
     public static let messagesStored = Metrics.Counter(label: "securechat_messages_total")
+    /// Store steps tried again by the worker during a Redis outage (`--redis-hold-ms`), and the
+    /// messages still not stored when the hold ran out (answered `unavailable`).
+    public static let storeRetries = Metrics.Counter(label: "securechat_store_retries_total")
+    public static let storeHoldsExpired = Metrics.Counter(label: "securechat_store_holds_expired_total")
     public static let filesStored = Metrics.Counter(label: "securechat_files_stored_total")
     public static let workerStreams = Metrics.Meter(label: "securechat_worker_streams_open")
     /// Rooms whose channel the worker is subscribed to (a local member is connected).

@@ -26,6 +26,8 @@ struct RoomStore: Sendable {
     /// ack, asked on the `durable` connection.
     var waitReplicas = 0
     var waitMs = 500
+    /// `--redis-hold-ms`: how long a message with a ref is tried again during an outage (`StoreHold`).
+    var holdMs = 5_000
     var durable: RedisClient?
     /// Every command of this value on that one channel (see `appendDurably`).
     var pinned: Channel?

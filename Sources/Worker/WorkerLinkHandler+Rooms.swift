@@ -96,6 +96,29 @@ extension WorkerLinkHandler {
         }
     }
 
+    static func monotonicMs() -> Int { Int(NIODeadline.now().uptimeNanoseconds / 1_000_000) }
+
+    /// Runs `attempt`, and again while `hold` says a failure may pass (a Redis failover).
+    /// The stream's next frame waits meanwhile: its messages keep their order.
+    static func held<T: Sendable>(_ hold: StoreHold, on loop: EventLoop,
+                                  _ attempt: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        attempt().flatMapError { error in
+            var next = hold
+            let transient = (error as? RedisError)?.isTransient ?? false
+            switch next.failed(transient: transient, nowMs: monotonicMs()) {
+            case .answer:
+                if transient, hold.tries > 1 { Telemetry.storeHoldsExpired.increment() }
+                return loop.makeFailedFuture(error)
+            case let .again(afterMs):
+                Telemetry.storeRetries.increment()
+                let then = next
+                return loop.scheduleTask(in: .milliseconds(Int64(afterMs))) {}.futureResult.flatMap {
+                    held(then, on: loop, attempt)
+                }
+            }
+        }
+    }
+
     /// A `room_added` answer with the change it makes; the script answered {ok, room json, last id}.
     private static func joinedReply(_ outcome: RoomStore.Outcome, room: String, ref: String?) -> Reply {
         switch outcome {
@@ -119,8 +142,11 @@ extension WorkerLinkHandler {
             }
         }
         func append(room: String, kind: String, body: String, target: MessageID?, encrypted: Bool?, replyTo: MessageID?, ref: String?) -> EventLoopFuture<ServerFrame?> {
-            rooms.appendDurably(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
-                         replyTo: replyTo, ref: ref, on: loop).map { result in
+            let hold = StoreHold(holdMs: rooms.holdMs, startedMs: Self.monotonicMs(), hasRef: ref != nil)
+            return Self.held(hold, on: loop) {
+                rooms.appendDurably(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
+                                    replyTo: replyTo, ref: ref, on: loop)
+            }.map { result in
                 switch result {
                 case let .success((id, new)):
                     if new { Telemetry.messagesStored.increment() }

@@ -23,6 +23,9 @@ enum WorkerMain {
       --redis-wait-replicas N    a message is acknowledged only once N replicas have it (WAIT; default 0:
                                  once the primary has it); past --redis-wait-ms, `unavailable`, and the
                                  client sends it again with the same ref (default 500)
+      --redis-hold-ms N          a message with a ref whose store fails while Redis fails over or restarts
+                                 is tried again for this long before it is answered `unavailable`
+                                 (default 5000; 0: answered at once; at most 30000)
       --gateway-link-timeout-ms N  a gateway link silent this long is gone, with its streams (default
                                  15000, at least 1000; keep it at three or more of the gateways' pings,
                                  which come every fifth of their --worker-link-timeout-ms)
@@ -46,12 +49,12 @@ enum WorkerMain {
         let listen: Endpoint, redisEndpoint: Endpoint, coordinatorEndpoints: [Endpoint]
         let limits: RateLimits
         let historyCount: Int, streamMax: Int, idle: Int, absolute: Int, maxQueued: Int, loops: Int, linkTimeoutMs: Int
-        let waitReplicas: Int, waitMs: Int
+        let waitReplicas: Int, waitMs: Int, holdMs: Int
         var roomLimits = RoomStore.Limits()
         do {
             try options.refuseUnknown(["advertise", "history", "history-max", "id", "listen", "max-queued-frames", "event-loops",
                                        "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members",
-                                       "gateway-link-timeout-ms", "redis-wait-replicas", "redis-wait-ms"])
+                                       "gateway-link-timeout-ms", "redis-wait-replicas", "redis-wait-ms", "redis-hold-ms"])
             roomLimits.roomsPerUser = try options.int("max-rooms-per-user", default: 500)
             roomLimits.creationsPerHour = try options.int("room-creations-per-hour", default: 10)
             roomLimits.privateMembers = try options.int("max-private-members", default: 1000)
@@ -78,6 +81,8 @@ enum WorkerMain {
                 // Below the 5 s command timeout, with room for a few waits queued behind each other.
                 throw Options.Invalid("--redis-wait-replicas must be 0...16 and --redis-wait-ms 1...2000")
             }
+            holdMs = try options.int("redis-hold-ms", default: 5_000)
+            guard (0...30_000).contains(holdMs) else { throw Options.Invalid("--redis-hold-ms must be 0...30000") }
             guard (1000...600_000).contains(linkTimeoutMs) else { throw Options.Invalid("--gateway-link-timeout-ms must be 1000...600000") }
             loops = try options.eventLoops()
             guard (1...1000).contains(historyCount), streamMax >= historyCount, maxQueued > 0 else {
@@ -101,6 +106,7 @@ enum WorkerMain {
         var rooms = RoomStore(redis: redis, streamMax: streamMax, limits: roomLimits, admins: admins)
         rooms.waitReplicas = waitReplicas
         rooms.waitMs = waitMs
+        rooms.holdMs = holdMs
         // Appends that wait for replicas get a connection of their own: Redis runs nothing after
         // a blocked WAIT on its connection, and the sessions, history and joins must not wait.
         let durable = waitReplicas > 0

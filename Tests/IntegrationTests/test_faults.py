@@ -130,8 +130,9 @@ def test_coordinator_restart_keeps_chat_and_restores_presence(make_deployment):
     assert "presence settled; snapshot sent to workers" in log
 
 
-def test_redis_restart_gives_clear_errors_then_everything_is_back(make_deployment):
-    d = make_deployment()
+def test_redis_down_past_the_hold_gives_clear_errors_then_everything_is_back(make_deployment):
+    # A short hold: a message is tried again for 0.4 s, then answered `unavailable`.
+    d = make_deployment(extra_args=["--redis-hold-ms", "400"])
     alice = d.login("alice")
 
     async def scenario():
@@ -140,9 +141,11 @@ def test_redis_restart_gives_clear_errors_then_everything_is_back(make_deploymen
         assert before["type"] == "ack"
         d.pause_launcher()
         d.kill("redis")
-        # Sends and logins get a clear temporary error; nothing crashes.
+        # Sends and logins get a clear temporary error; nothing crashes. The send was held first.
+        sent = time.monotonic()
         err = await a.send_text("during the outage", ref="during")
         assert err["type"] == "error" and err["code"] == "unavailable" and err["retry_after_ms"] > 0
+        assert time.monotonic() - sent >= 0.4
         r = requests.post(d.base + "/api/login", json={"username": "bob", "password": "pw-bob-123456"}, verify=d.ca)
         assert r.status_code == 503 and r.json()["error"] == "unavailable"
         assert requests.get(d.base + "/healthz", verify=d.ca).status_code == 503
@@ -164,8 +167,46 @@ def test_redis_restart_gives_clear_errors_then_everything_is_back(make_deploymen
         await b.close()
 
     run(scenario())
+    assert sum(d.metric(w, "securechat_store_holds_expired_total") or 0 for w in ("worker-1", "worker-2")) >= 1
     for child in ("worker-1", "worker-2", "gateway", "coordinator"):
         assert d.pid_of(child), child + " is gone"
+
+
+def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refused(make_deployment):
+    # A hold longer than any restart here takes, so the test does not depend on the machine's speed.
+    d = make_deployment(extra_args=["--redis-hold-ms", "20000"])
+    alice = d.login("alice")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        first = await a.send_text("before the restart")
+        assert first["type"] == "ack"
+        d.pause_launcher()
+        d.kill("redis")
+        # Without a ref a message is not held (a try that reached Redis could be stored twice):
+        # it is refused at once, well inside the hold.
+        sent = time.monotonic()
+        await a.send({"type": "send", "text": "no ref, during the restart"})
+        err = await a.wait_for(lambda f: f["type"] == "error", timeout=15)
+        assert err["code"] == "unavailable" and "ref" not in err
+        assert time.monotonic() - sent < 15
+        # With a ref it is held while Redis is down, and stored once it is back: an ack, no error.
+        await a.send({"type": "send", "text": "during the restart", "ref": "held-1"})
+        await a.send({"type": "send", "text": "right after it", "ref": "held-2"})
+        d.resume_launcher()
+        replies = [await a.wait_for(lambda f: f.get("ref") == r, timeout=25) for r in ("held-1", "held-2")]
+        assert [f["type"] for f in replies] == ["ack", "ack"], replies
+        assert id_key(first["id"]) < id_key(replies[0]["id"]) < id_key(replies[1]["id"])
+        # Each is stored once, in the order sent.
+        b = await Client.connect(d, d.login("bob"))
+        texts = [m["text"] for m in b.welcome["history"]]
+        assert texts[-3:] == ["before the restart", "during the restart", "right after it"], texts
+        await a.close()
+        await b.close()
+
+    run(scenario())
+    assert sum(d.metric(w, "securechat_store_retries_total") or 0 for w in ("worker-1", "worker-2")) >= 1
+    assert sum(d.metric(w, "securechat_store_holds_expired_total") or 0 for w in ("worker-1", "worker-2")) == 0
 
 
 def test_sigterm_drains_a_worker_with_1012(make_deployment):
