@@ -33,9 +33,10 @@ public enum ProcessSupport {
                                  its password (prefer the environment for the password)
       --redis-tls-ca PEM         TLS to Redis, its certificate checked against this CA (rediss:// URLs
                                  use TLS too, with the system's roots unless this is given)
-      --redis-sentinels LIST     host:port of Redis Sentinels, comma-separated: each connection goes to the
-                                 primary they name (its ROLE checked), and follows +switch-master and
-                                 READONLY to the next one; --redis-url is then unused
+      --redis-sentinels LIST     host:port of Redis Sentinels, comma-separated: each connection asks them
+                                 all at once and goes to the primary a majority of them name (its ROLE
+                                 checked), and follows +switch-master and READONLY to the next one;
+                                 --redis-url is then unused
       --redis-master-name NAME   the primary's name at the Sentinels (default sc)
       --redis-sentinel-password PW, --redis-sentinel-user NAME   AUTH for the Sentinels themselves
                                  (their requirepass or an ACL user; prefer the environment)

@@ -6,7 +6,7 @@ import ServiceLifecycle
 
 /// Where the Redis primary is: one fixed address (`--redis-url`), or whatever the Sentinels
 /// (`--redis-sentinels`) say the primary of `--redis-master-name` is, asked afresh on
-/// every connection. The Sentinels are tried in turn, each for at most a second.
+/// every connection. All the Sentinels are asked at once, each for at most a second.
 public struct RedisLocator: Sendable {
     public let fixed: Endpoint
     public let sentinels: [Endpoint]
@@ -14,7 +14,6 @@ public struct RedisLocator: Sendable {
     /// `AUTH` for the Sentinels themselves (their `requirepass`, or an ACL user of theirs).
     public let sentinelPassword: String?
     public let sentinelUser: String?
-    private let nextSentinel = NIOLockedValueBox(0)
     /// How many `+switch-master` this process has heard: a connection made while one arrives
     /// (its channel not yet there to be closed) sees the count change and looks again.
     private let switches = NIOLockedValueBox(0)
@@ -44,46 +43,60 @@ public struct RedisLocator: Sendable {
                             sentinelPassword: options.string("redis-sentinel-password"), sentinelUser: options.string("redis-sentinel-user"))
     }
 
-    /// The next Sentinel to ask (each caller starts where the last one left off).
-    func sentinel() -> Endpoint {
-        let k = nextSentinel.withLockedValue { n -> Int in
-            defer { n = (n + 1) % sentinels.count }
-            return n
-        }
-        return sentinels[k]
-    }
-
-    /// The primary's address now: the one most Sentinels name, a majority of them (a Sentinel
-    /// that was cut off may still name a primary the others replaced; following it would split
-    /// the writes). No majority: unavailable, and the caller tries again.
+    /// The primary's address now: the one a majority of the Sentinels name (a Sentinel that
+    /// was cut off may still name a primary the others replaced; following it would split the
+    /// writes). All are asked at once, and the first majority is the answer: a Sentinel that
+    /// does not answer (its host cut off) costs nothing once the others agree. Asked one after
+    /// another, it cost its 1 s connect timeout on every connection made during a failover.
+    /// No majority among the answers: unavailable, and the caller tries again.
     public func primary(group: EventLoopGroup, logger: Logger) async throws -> Endpoint {
         guard usesSentinels else { return fixed }
-        var votes: [Endpoint: Int] = [:]
-        for _ in 0..<sentinels.count {
-            let s = sentinel()
-            do {
-                let reply = try await Self.ask(s, ["SENTINEL", "get-master-addr-by-name", masterName], group: group,
-                                               auth: sentinelPassword.map { RedisClient.authCommand(user: sentinelUser, password: $0) })
-                if let parts = reply.array, parts.count == 2, let host = parts[0].string, let port = parts[1].string.flatMap(Int.init) {
-                    votes[.tcp(host: host, port: port), default: 0] += 1
-                } else {
-                    logger.warning("a Sentinel does not know the primary", metadata: ["sentinel": "\(s)", "master": "\(masterName)"])
+        let name = masterName
+        let auth = sentinelPassword.map { RedisClient.authCommand(user: sentinelUser, password: $0) }
+        var tally = SentinelTally(sentinels: sentinels.count)
+        let winner: Endpoint? = await withTaskGroup(of: (Endpoint, Result<RESPValue, Error>).self) { tasks in
+            for s in sentinels {
+                tasks.addTask {
+                    do {
+                        return (s, .success(try await Self.ask(s, ["SENTINEL", "get-master-addr-by-name", name], group: group, auth: auth)))
+                    } catch {
+                        return (s, .failure(error))
+                    }
                 }
-            } catch let error as RedisError where error.isAuthFailure {
-                logger.error("a Sentinel refused the password (--redis-sentinel-password)", metadata: ["sentinel": "\(s)"])
-            } catch {
-                logger.debug("a Sentinel did not answer", metadata: ["sentinel": "\(s)"])
             }
+            while let (s, result) = await tasks.next() {
+                var named: Endpoint?
+                switch result {
+                case let .success(reply):
+                    if let parts = reply.array, parts.count == 2, let host = parts[0].string, let port = parts[1].string.flatMap(Int.init) {
+                        named = .tcp(host: host, port: port)
+                    } else {
+                        logger.warning("a Sentinel does not know the primary", metadata: ["sentinel": "\(s)", "master": "\(name)"])
+                    }
+                case let .failure(error as RedisError) where error.isAuthFailure:
+                    logger.error("a Sentinel refused the password (--redis-sentinel-password)", metadata: ["sentinel": "\(s)"])
+                case .failure:
+                    logger.debug("a Sentinel did not answer", metadata: ["sentinel": "\(s)"])
+                }
+                if let decided = tally.add(named) {
+                    tasks.cancelAll()
+                    return decided
+                }
+            }
+            return nil
         }
-        if let (endpoint, n) = votes.max(by: { $0.value < $1.value }), n * 2 > sentinels.count { return endpoint }
-        logger.warning("the Sentinels do not agree on the primary; asking again", metadata: ["answers": "\(votes.count)"])
+        if let winner { return winner }
+        logger.warning("the Sentinels do not agree on the primary; asking again", metadata: ["answers": "\(tally.distinctAnswers)"])
         throw RedisError.unavailable
     }
 
-    /// One command on a connection of its own (after `auth`, if given), closed after the reply
-    /// (at most a second).
+    /// One command on a connection of its own (after `auth`, if given), closed after the reply:
+    /// at most a second to connect and a second for the reply. Cancelling the task answers at
+    /// once and closes the connection when it comes up.
     static func ask(_ endpoint: Endpoint, _ args: [String], group: EventLoopGroup, auth: [String]? = nil) async throws -> RESPValue {
-        let ch = try await ClientBootstrap(group: group)
+        let loop = group.next()
+        let result = loop.makePromise(of: RESPValue.self)
+        let connecting = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(1))
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
@@ -92,25 +105,59 @@ public struct RedisLocator: Sendable {
                     ])
                 }
             }
-            .connect(to: endpoint).get()
-        let promise = ch.eventLoop.makePromise(of: RESPValue.self)
-        let authed = ch.eventLoop.makePromise(of: RESPValue.self)
-        let timeout = ch.eventLoop.scheduleTask(in: .seconds(1)) {
-            promise.fail(RedisError.timeout)
-            authed.fail(RedisError.timeout)
+            .connect(to: endpoint)
+        connecting.whenFailure { result.fail($0) }
+        connecting.whenSuccess { ch in
+            let reply = ch.eventLoop.makePromise(of: RESPValue.self)
+            let authed = ch.eventLoop.makePromise(of: RESPValue.self)
+            let timeout = ch.eventLoop.scheduleTask(in: .seconds(1)) {
+                reply.fail(RedisError.timeout)
+                authed.fail(RedisError.timeout)
+            }
+            if let auth {
+                ch.write((auth, authed)).whenFailure { authed.fail($0) }
+            } else {
+                authed.succeed(.simple("OK"))
+            }
+            ch.writeAndFlush(([String](args), reply)).whenFailure { reply.fail($0) }
+            authed.futureResult.flatMap { answer -> EventLoopFuture<RESPValue> in
+                if case let .error(message) = answer { return ch.eventLoop.makeFailedFuture(RedisError.server(message)) }
+                return reply.futureResult
+            }.whenComplete { outcome in
+                timeout.cancel()
+                result.completeWith(outcome)
+            }
+            // Answered, failed or given up by the caller: the connection goes.
+            result.futureResult.whenComplete { _ in ch.close(promise: nil) }
         }
-        if let auth {
-            ch.write((auth, authed)).whenFailure { authed.fail($0) }
-        } else {
-            authed.succeed(.simple("OK"))
+        return try await withTaskCancellationHandler {
+            try await result.futureResult.get()
+        } onCancel: {
+            result.fail(CancellationError())
         }
-        ch.writeAndFlush(([String](args), promise)).whenFailure { promise.fail($0) }
-        defer {
-            timeout.cancel()
-            ch.close(promise: nil)
-        }
-        if case let .error(message) = try await authed.futureResult.get() { throw RedisError.server(message) }
-        return try await promise.futureResult.get()
+    }
+}
+
+/// Votes of the Sentinels for where the primary is, as they come in: the first address a
+/// majority of all of them names wins. A Sentinel without an answer (unreachable, or it does
+/// not know the primary) counts as a vote for nothing.
+public struct SentinelTally: Sendable {
+    public let sentinels: Int
+    private var votes: [Endpoint: Int] = [:]
+    private var decided = false
+
+    public init(sentinels: Int) { self.sentinels = sentinels }
+
+    /// How many different addresses were named so far.
+    public var distinctAnswers: Int { votes.count }
+
+    /// One Sentinel's answer (nil: none); the winner, once and only once there is one.
+    public mutating func add(_ named: Endpoint?) -> Endpoint? {
+        guard !decided, let named else { return nil }
+        votes[named, default: 0] += 1
+        guard let n = votes[named], n * 2 > sentinels else { return nil }
+        decided = true
+        return named
     }
 }
 
