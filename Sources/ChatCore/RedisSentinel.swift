@@ -82,6 +82,12 @@ public struct RedisLocator: Sendable {
                     tasks.cancelAll()
                     return decided
                 }
+                // No majority possible whatever the rest say (two of three without an answer):
+                // the slow ones are not waited for.
+                if tally.undecidable {
+                    tasks.cancelAll()
+                    return nil
+                }
             }
             return nil
         }
@@ -145,14 +151,19 @@ public struct SentinelTally: Sendable {
     public let sentinels: Int
     private var votes: [Endpoint: Int] = [:]
     private var decided = false
+    private var answered = 0
 
     public init(sentinels: Int) { self.sentinels = sentinels }
 
     /// How many different addresses were named so far.
     public var distinctAnswers: Int { votes.count }
 
+    /// No address can reach a majority any more, whatever the Sentinels yet to answer say.
+    public var undecidable: Bool { !decided && (votes.values.max() ?? 0) + (sentinels - answered) <= sentinels / 2 }
+
     /// One Sentinel's answer (nil: none); the winner, once and only once there is one.
     public mutating func add(_ named: Endpoint?) -> Endpoint? {
+        answered += 1
         guard !decided, let named else { return nil }
         votes[named, default: 0] += 1
         guard let n = votes[named], n * 2 > sentinels else { return nil }

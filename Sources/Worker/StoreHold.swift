@@ -6,9 +6,11 @@
 ///
 /// Only a message with a `ref` is held: the store step answers a ref it has seen with the
 /// first id, so a try that did reach Redis before its connection went is not stored twice.
-/// Tries are spaced 50, 100, 200, 400, then 500 ms apart, the last one at the end of the hold
-/// (a try while there is no connection fails at once, and costs nothing but the timer). None
-/// is started past the hold; one under way is not cut short (it has its own command timeout).
+/// Tries are spaced about 50, 100, 200, 400, then 500 ms apart, each step 50–100 % of that at
+/// random (streams that failed at the same moment do not all come back at the same moment),
+/// the last one at the end of the hold. A try while there is no connection fails at once and
+/// costs nothing but the timer. None is started past the hold; one under way is not cut short
+/// (it has its own 5 s command timeout), so a message waits at most the hold and one timeout.
 ///
 /// A plain value on a caller's clock, in milliseconds of any monotonic origin.
 struct StoreHold: Sendable, Equatable {
@@ -32,11 +34,12 @@ struct StoreHold: Sendable, Equatable {
         self.startedMs = startedMs
     }
 
-    /// A try failed; `transient` says whether waiting could help.
-    mutating func failed(transient: Bool, nowMs: Int) -> Decision {
+    /// A try failed; `transient` says whether waiting could help; `random` is in 0...1.
+    mutating func failed(transient: Bool, nowMs: Int, random: Double = Double.random(in: 0...1)) -> Decision {
         let remaining = holdMs - (nowMs - startedMs)
         guard transient, remaining > 0 else { return .answer }
-        let step = min(Self.maxStepMs, Self.firstStepMs << min(tries - 1, 4), remaining)
+        let full = min(Self.maxStepMs, Self.firstStepMs << min(tries - 1, 4))
+        let step = min(max(1, Int((Double(full) * (0.5 + 0.5 * min(1, max(0, random)))).rounded())), remaining)
         tries += 1
         return .again(afterMs: step)
     }

@@ -41,7 +41,10 @@ extension WorkerLinkHandler {
                 }
                 return loop.makeSucceededFuture(Reply(frame: limited))
             }
-            return Self.perform(frame, ctx: ctx, info: info, on: loop)
+            // A held message is tried again only while its stream is open (not after a logout,
+            // a disconnect or a drain; the client sends it again with the same ref).
+            let open: @Sendable () -> Bool = { bound.value.streams[id] != nil }
+            return Self.perform(frame, ctx: ctx, info: info, open: open, on: loop)
         }.flatMapErrorThrowing { error in
             ctx.logger.warning("request failed", metadata: ["error": "\(error)", "user": "\(info.user)"])
             return Reply(frame: .error(code: "unavailable", message: "temporarily unavailable; retry", ref: ref, retryAfterMs: 1000))
@@ -68,7 +71,8 @@ extension WorkerLinkHandler {
     }
 
     /// The reply to one request, nil for none (an accepted `typing`).
-    private static func perform(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, on loop: EventLoop) -> EventLoopFuture<Reply> {
+    private static func perform(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, open: @escaping @Sendable () -> Bool,
+                                on loop: EventLoop) -> EventLoopFuture<Reply> {
         let rooms = ctx.rooms, user = info.user, conn = info.id, limits = rooms.limits
         switch frame {
         case let .createRoom(name, kind, title, topic, encrypted, ref):
@@ -92,28 +96,31 @@ extension WorkerLinkHandler {
                 }
             }
         default:
-            return answer(frame, ctx: ctx, info: info, on: loop).map { Reply(frame: $0) }
+            return answer(frame, ctx: ctx, info: info, open: open, on: loop).map { Reply(frame: $0) }
         }
     }
 
     static func monotonicMs() -> Int { Int(NIODeadline.now().uptimeNanoseconds / 1_000_000) }
 
-    /// Runs `attempt`, and again while `hold` says a failure may pass (a Redis failover).
-    /// The stream's next frame waits meanwhile: its messages keep their order.
-    static func held<T: Sendable>(_ hold: StoreHold, on loop: EventLoop,
+    /// Runs `attempt`, and again while `hold` says a failure may pass (a Redis failover) and
+    /// `open` still holds. The stream's next frame waits meanwhile: its messages keep their
+    /// order. "No replica confirmed it in time" is answered at once: that try already waited
+    /// (`WAIT`), and WAITs queue behind each other on the one connection kept for them.
+    static func held<T: Sendable>(_ hold: StoreHold, on loop: EventLoop, while open: @escaping @Sendable () -> Bool,
                                   _ attempt: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
         attempt().flatMapError { error in
             var next = hold
-            let transient = (error as? RedisError)?.isTransient ?? false
-            switch next.failed(transient: transient, nowMs: monotonicMs()) {
+            let transient = (error as? RedisError).map { $0.isTransient && $0 != .notReplicated } ?? false
+            let wanted = transient && open()
+            switch next.failed(transient: wanted, nowMs: monotonicMs()) {
             case .answer:
-                if transient, hold.tries > 1 { Telemetry.storeHoldsExpired.increment() }
+                if wanted, hold.holdMs > 0 { Telemetry.storeHoldsExpired.increment() }
                 return loop.makeFailedFuture(error)
             case let .again(afterMs):
                 Telemetry.storeRetries.increment()
                 let then = next
                 return loop.scheduleTask(in: .milliseconds(Int64(afterMs))) {}.futureResult.flatMap {
-                    held(then, on: loop, attempt)
+                    held(then, on: loop, while: open, attempt)
                 }
             }
         }
@@ -130,7 +137,8 @@ extension WorkerLinkHandler {
         }
     }
 
-    private static func answer(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, on loop: EventLoop) -> EventLoopFuture<ServerFrame?> {
+    private static func answer(_ frame: ClientFrame, ctx: WorkerContext, info: ConnectionInfo, open: @escaping @Sendable () -> Bool,
+                               on loop: EventLoop) -> EventLoopFuture<ServerFrame?> {
         let rooms = ctx.rooms, user = info.user, conn = info.id
         let limits = rooms.limits, admin = rooms.isAdmin(user) ? "1" : "0"
         func script(_ s: RedisScript, _ args: [String], ref: String?, _ ok: @escaping @Sendable ([RESPValue]) -> ServerFrame?) -> EventLoopFuture<ServerFrame?> {
@@ -142,8 +150,9 @@ extension WorkerLinkHandler {
             }
         }
         func append(room: String, kind: String, body: String, target: MessageID?, encrypted: Bool?, replyTo: MessageID?, ref: String?) -> EventLoopFuture<ServerFrame?> {
-            let hold = StoreHold(holdMs: rooms.holdMs, startedMs: Self.monotonicMs(), hasRef: ref != nil)
-            return Self.held(hold, on: loop) {
+            // An empty ref is no ref to the store step: it would not be deduplicated.
+            let hold = StoreHold(holdMs: rooms.holdMs, startedMs: Self.monotonicMs(), hasRef: !(ref ?? "").isEmpty)
+            return Self.held(hold, on: loop, while: open) {
                 rooms.appendDurably(room: room, user: user, kind: kind, body: body, target: target, encrypted: encrypted,
                                     replyTo: replyTo, ref: ref, on: loop)
             }.map { result in

@@ -189,6 +189,10 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
         await a.send({"type": "send", "text": "no ref, during the restart"})
         err = await a.wait_for(lambda f: f["type"] == "error", timeout=15)
         assert err["code"] == "unavailable" and "ref" not in err
+        # Nor with an empty ref, which the store step does not deduplicate either.
+        await a.send({"type": "send", "text": "empty ref, during the restart", "ref": ""})
+        err = await a.wait_for(lambda f: f["type"] == "error", timeout=15)
+        assert err["code"] == "unavailable" and not err.get("ref")
         assert time.monotonic() - sent < 15
         # With a ref it is held while Redis is down, and stored once it is back: an ack, no error.
         await a.send({"type": "send", "text": "during the restart", "ref": "held-1"})

@@ -8,7 +8,7 @@ import Testing
         var h = StoreHold(holdMs: 2_000, startedMs: 10_000, hasRef: true)
         var now = 10_000
         var steps: [Int] = []
-        while case let .again(ms) = h.failed(transient: true, nowMs: now) {
+        while case let .again(ms) = h.failed(transient: true, nowMs: now, random: 1) {
             steps.append(ms)
             now += ms
         }
@@ -26,8 +26,18 @@ import Testing
 
     @Test func aStepIsCutToEndWithTheHold() {
         var h = StoreHold(holdMs: 1_000, startedMs: 0, hasRef: true)
-        #expect(h.failed(transient: true, nowMs: 980) == .again(afterMs: 20))
+        #expect(h.failed(transient: true, nowMs: 980, random: 1) == .again(afterMs: 20))
         #expect(h.failed(transient: true, nowMs: 1_000) == .answer)
+    }
+
+    @Test func stepsAreJitteredBetweenHalfAndAllOfTheirLength() {
+        var low = StoreHold(holdMs: 5_000, startedMs: 0, hasRef: true)
+        #expect(low.failed(transient: true, nowMs: 0, random: 0) == .again(afterMs: 25))
+        #expect(low.failed(transient: true, nowMs: 25, random: 0) == .again(afterMs: 50))
+        var high = StoreHold(holdMs: 5_000, startedMs: 0, hasRef: true)
+        #expect(high.failed(transient: true, nowMs: 0, random: 1) == .again(afterMs: 50))
+        var mid = StoreHold(holdMs: 5_000, startedMs: 0, hasRef: true)
+        #expect(mid.failed(transient: true, nowMs: 0, random: 0.5) == .again(afterMs: 38))
     }
 
     @Test func withoutARefNothingIsHeld() {
