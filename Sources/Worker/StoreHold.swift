@@ -1,6 +1,6 @@
 /// A message whose store step failed for a reason that passes (no connection to Redis while
-/// it fails over or restarts, a primary just demoted, no replica that confirmed it yet) is
-/// tried again by the worker for up to `holdMs`, rather than answered `unavailable` at once.
+/// it fails over or restarts, no reply, a primary just demoted or still loading) is tried
+/// again by the worker for up to `holdMs`, rather than answered `unavailable` at once.
 /// A Redis failover of a few seconds then shows as a slow `ack`, not an error that the user
 /// must act on.
 ///
