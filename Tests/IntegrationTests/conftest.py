@@ -10,10 +10,11 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 
 import pytest
 import requests
+
+from polling import wait_until  # noqa: F401  (tests import it from here)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("SECURECHAT_BIN", os.path.join(ROOT, ".build", "debug"))
@@ -41,20 +42,6 @@ def wait_listening(port, timeout, what="listening"):
         except OSError:
             return False
     wait_until(accepts, timeout, what=what)
-
-
-def wait_until(predicate, timeout, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # the service may still be starting
-            last = exc
-        time.sleep(interval)
-    raise AssertionError("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
 
 
 @pytest.fixture(scope="session")

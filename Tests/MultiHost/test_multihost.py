@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import host_of, mended  # noqa: F401
+from polling import wait_until as wait_until_sync
 from resilient import ResilientClient, everyone_has, stop_all, wait_until
 from wsclient import Client, id_key, run
 
@@ -137,18 +138,8 @@ def coordinator_terms(cluster, coordinator):
 
 def one_active_coordinator(cluster):
     active = wait_until_sync(lambda: cluster.active_coordinators() if len(cluster.active_coordinators()) == 1 else None,
-                             20, "exactly one active coordinator")
+                             20, what="exactly one active coordinator")
     return active[0], [c for c in ("coord1", "coord2") if c != active[0]][0]
-
-
-def wait_until_sync(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("partition", ["host", "redis"])
@@ -168,11 +159,11 @@ def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active
         for ip in redis_hosts:
             cluster.route_nowhere(old, ip)
     try:
-        wait_until_sync(lambda: cluster.metric(new, "securechat_coordinator_active") == 1, 20, "the standby active")
+        wait_until_sync(lambda: cluster.metric(new, "securechat_coordinator_active") == 1, 20, what="the standby active")
         took_over = time.monotonic()
         new_epoch = cluster.metric(new, "securechat_coordinator_epoch")
         assert new_epoch > old_epoch
-        wait_until_sync(lambda: set(cluster.worker_epochs().values()) == {new_epoch}, 20, "every worker on the new epoch")
+        wait_until_sync(lambda: set(cluster.worker_epochs().values()) == {new_epoch}, 20, what="every worker on the new epoch")
         followed = time.monotonic()
 
         async def chat():
@@ -189,7 +180,7 @@ def test_a_partition_that_cuts_off_the_active_coordinator_never_gives_two_active
                 cluster.route_back(old, ip)
     # Back on the network, it is a standby: the lease is the other's, and every client keeps
     # to the newer epoch. Watched for 3 s (a lease and a half).
-    wait_until_sync(lambda: cluster.active_coordinators() == [new], 20, "the old coordinator back as a standby")
+    wait_until_sync(lambda: cluster.active_coordinators() == [new], 20, what="the old coordinator back as a standby")
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         assert cluster.active_coordinators() == [new]
@@ -246,7 +237,7 @@ def test_the_active_coordinator_killed_the_standby_takes_over_and_presence_is_ex
 
     killed_at, took_over, exact = run(scenario())
     epoch = cluster.metric(new, "securechat_coordinator_epoch")
-    wait_until_sync(lambda: set(cluster.worker_epochs().values()) == {epoch}, 20, "every worker on the new epoch")
+    wait_until_sync(lambda: set(cluster.worker_epochs().values()) == {epoch}, 20, what="every worker on the new epoch")
     print("\n[coordinator %s killed] %s active %.2f s after the kill; presence exact %.2f s after the takeover "
           "(%.2f s after the kill)" % (old, new, took_over - killed_at, exact - took_over, exact - killed_at))
 
