@@ -70,6 +70,20 @@ class ProxiedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
+# Deployments not yet stopped: a failing test's report carries the end of each one's log.
+LIVE = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for d in LIVE:
+            lines = d.log_text().splitlines()[-120:]
+            report.sections.append(("launcher log %s (last %d lines)" % (d.state, len(lines)), "\n".join(lines)))
+
+
 class Deployment:
     def __init__(self, users_file, workers=2, extra_args=(), allow_demo=True, worker_header=True):
         self.port = free_port()
@@ -85,6 +99,7 @@ class Deployment:
         self.args = args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.workers = workers
+        LIVE.append(self)
         try:
             wait_until(self.healthy, 60, what="deployment healthy")
         except BaseException:
@@ -187,6 +202,8 @@ class Deployment:
         return out.stdout.strip()
 
     def stop(self):
+        if self in LIVE:
+            LIVE.remove(self)
         if self.proc.poll() is None:
             self.resume_launcher()
             self.proc.send_signal(signal.SIGTERM)
