@@ -6,6 +6,7 @@
 ///
 /// Only a message with a `ref` is held: the store step answers a ref it has seen with the
 /// first id, so a try that did reach Redis before its connection went is not stored twice.
+/// Reads (`read(holdMs:startedMs:)`) are always held: repeating one changes nothing.
 /// Tries are spaced about 50, 100, 200, 400, then 500 ms apart, each step 50–100 % of that at
 /// random (streams that failed at the same moment do not all come back at the same moment),
 /// the last one at the end of the hold. A try while there is no connection fails at once and
@@ -32,6 +33,12 @@ struct StoreHold: Sendable, Equatable {
     init(holdMs: Int, startedMs: Int, hasRef: Bool) {
         self.holdMs = hasRef ? max(0, holdMs) : 0
         self.startedMs = startedMs
+    }
+
+    /// A read (a session, a welcome, a replay page): repeating one is always safe, so it is
+    /// held as a message with a ref is.
+    static func read(holdMs: Int, startedMs: Int) -> StoreHold {
+        StoreHold(holdMs: holdMs, startedMs: startedMs, hasRef: true)
     }
 
     /// A try failed; `transient` says whether waiting could help; `random` is in 0...1.

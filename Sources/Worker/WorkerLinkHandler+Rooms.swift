@@ -141,8 +141,11 @@ extension WorkerLinkHandler {
                                on loop: EventLoop) -> EventLoopFuture<ServerFrame?> {
         let rooms = ctx.rooms, user = info.user, conn = info.id
         let limits = rooms.limits, admin = rooms.isAdmin(user) ? "1" : "0"
-        func script(_ s: RedisScript, _ args: [String], ref: String?, _ ok: @escaping @Sendable ([RESPValue]) -> ServerFrame?) -> EventLoopFuture<ServerFrame?> {
-            rooms.run(s, args, on: loop).map { outcome in
+        /// `read`: the script only reads, so it is held through a Redis failover (repeating it is safe).
+        func script(_ s: RedisScript, _ args: [String], ref: String?, read: Bool = false,
+                    _ ok: @escaping @Sendable ([RESPValue]) -> ServerFrame?) -> EventLoopFuture<ServerFrame?> {
+            let hold = StoreHold.read(holdMs: read ? rooms.holdMs : 0, startedMs: Self.monotonicMs())
+            return Self.held(hold, on: loop, while: open) { rooms.run(s, args, on: loop) }.map { outcome in
                 switch outcome {
                 case let .refused(code, message): return .error(code: code, message: message, ref: ref, retryAfterMs: nil)
                 case let .ok(items): return ok(items)
@@ -196,14 +199,16 @@ extension WorkerLinkHandler {
         case .createRoom, .join, .leave, .device, .deviceRemove, .keys, .toDevice, .toDeviceAck, .backupPut, .backupGet:
             return loop.makeSucceededFuture(nil)
         case let .rooms(ref):
-            return rooms.rooms(user: user, on: loop).map { .object(type: "rooms", ref: ref, fields: "\"rooms\":" + $0.json) }
+            let hold = StoreHold.read(holdMs: rooms.holdMs, startedMs: Self.monotonicMs())
+            return Self.held(hold, on: loop, while: open) { rooms.rooms(user: user, on: loop) }
+                .map { .object(type: "rooms", ref: ref, fields: "\"rooms\":" + $0.json) }
         case let .directory(query, ref):
-            return script(RoomStore.directoryScript, [user, query], ref: ref) { items in
+            return script(RoomStore.directoryScript, [user, query], ref: ref, read: true) { items in
                 .object(type: "directory", ref: ref, fields: "\"rooms\":" + (items.count > 1 ? items[1].string ?? "[]" : "[]"))
             }
         case let .members(room, ref):
             let hub = ctx.hub
-            return script(RoomStore.membersScript, [user, room, admin], ref: ref) { items in
+            return script(RoomStore.membersScript, [user, room, admin], ref: ref, read: true) { items in
                 let online = hub.onlineSet
                 var out = "\"room\":\(JSONText.string(room)),\"members\":["
                 for (i, name) in items.dropFirst().compactMap(\.string).enumerated() {
@@ -214,7 +219,7 @@ extension WorkerLinkHandler {
             }
         case let .history(room, before, limit, ref):
             let start = before.map { "(\($0)" } ?? "+"
-            return script(RoomStore.historyScript, [user, room, start, String(limit + 1)], ref: ref) { items in
+            return script(RoomStore.historyScript, [user, room, start, String(limit + 1)], ref: ref, read: true) { items in
                 let newestFirst = items.count > 1 ? RoomStore.messages(from: items[1], room: room) : []
                 let page = newestFirst.prefix(limit).reversed()
                 let messages = page.map(\.json).joined(separator: ",")

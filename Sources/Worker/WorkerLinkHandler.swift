@@ -238,14 +238,20 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         logger.debug("stream closed", metadata: ["connection.id": "\(stream.info.id)"])
     }
 
+    /// A hold for a read (a session, the welcome's rooms and history, a replay page) from now.
+    private var readHold: StoreHold { .read(holdMs: ctx.rooms.holdMs, startedMs: Self.monotonicMs()) }
+
     private var bound: NIOLoopBound<WorkerLinkHandler>? {
         context.map { NIOLoopBound(self, eventLoop: $0.eventLoop) }
     }
 
     private func checkSession(_ id: UInt32, _ stream: Stream) {
         guard let bound, let loop = context?.eventLoop else { return }
-        let user = stream.info.user
-        ctx.sessions.lookup(hash: stream.sessionHash, on: loop).whenComplete { result in
+        let user = stream.info.user, sessions = ctx.sessions, hash = stream.sessionHash
+        // A read, safe to repeat: held through a Redis failover like a message with a ref.
+        Self.held(readHold, on: loop, while: { bound.value.streams[id] != nil }) {
+            sessions.lookup(hash: hash, on: loop)
+        }.whenComplete { result in
             let h = bound.value
             switch result {
             case let .success(session):
@@ -274,9 +280,12 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 return ctx.hub.bestKnownOnline
             }
             .flatMapErrorThrowing { _ in ctx.hub.bestKnownOnline }
+        let hold = readHold
         let snapshot = ctx.hub.watchUser(info.user, on: loop).flatMap {
-            ctx.rooms.rooms(user: info.user, on: loop)
-                .and(ctx.rooms.recent(room: ChatLimits.lobby, count: ctx.historyCount, on: loop))
+            Self.held(hold, on: loop, while: { bound.value.streams[id] != nil }) {
+                ctx.rooms.rooms(user: info.user, on: loop)
+                    .and(ctx.rooms.recent(room: ChatLimits.lobby, count: ctx.historyCount, on: loop))
+            }
         }
         online.and(snapshot).whenComplete { result in
             let h = bound.value
@@ -597,12 +606,15 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     /// after the welcome.
     private func replay(since: MessageID, room: String, stream id: UInt32, fromClient: Bool) {
         guard let (bound, loop) = loopBound, let user = streams[id]?.info.user else { return }
-        let rooms = ctx.rooms
+        let rooms = ctx.rooms, holdMs = ctx.rooms.holdMs
         event(id) { $0.replayBegan(room: room); return [] }
         @Sendable func page(after cursor: MessageID, first: Bool) -> EventLoopFuture<Result<Bool, Refusal>> {
             let go = first ? loop.makeSucceededVoidFuture() : bound.value.outputReady(id, on: loop)
             return go.flatMap {
-                rooms.page(user: user, room: room, after: cursor, count: Self.replayPage, on: loop)
+                // Each page has a hold of its own: a long replay does not use up the next one's.
+                Self.held(.read(holdMs: holdMs, startedMs: Self.monotonicMs()), on: loop, while: { bound.value.streams[id] != nil }) {
+                    rooms.page(user: user, room: room, after: cursor, count: Self.replayPage, on: loop)
+                }
             }.flatMap { result in
                 switch result {
                 case let .failure(refusal): return loop.makeSucceededFuture(.failure(refusal))

@@ -136,10 +136,10 @@ struct WorkerService: Service {
 }
 
 /// Whether this worker may take streams: it registers with the coordinator only once its
-/// Redis subscription is live (and any gap filled), and asks to be left out of routing while
-/// it is not, keeping its lease and presence meanwhile.
+/// Redis subscription is live (and any gap filled) and its command connections are up, and
+/// asks to be left out of routing while they are not, keeping its lease and presence meanwhile.
 ///
-/// "Ready" is not stored here: it is the Hub's relay state (`isRelaying`), read under the
+/// "Ready" is not stored here: it is read each time (`isReady`), the Hub's relay state under the
 /// Hub's one lock, so a subscription lost right after a gap fill can never leave the worker
 /// reporting ready while unsubscribed (two flags under two locks could).
 final class WorkerReadiness: Sendable {
@@ -151,13 +151,13 @@ final class WorkerReadiness: Sendable {
     enum Step: Equatable { case register, unroute, heartbeat, wait }
 
     private let state = NIOLockedValueBox(State())
-    private let isRelaying: @Sendable () -> Bool
+    private let isReady: @Sendable () -> Bool
 
-    init(isRelaying: @escaping @Sendable () -> Bool) {
-        self.isRelaying = isRelaying
+    init(isReady: @escaping @Sendable () -> Bool) {
+        self.isReady = isReady
     }
 
-    var ready: Bool { isRelaying() }
+    var ready: Bool { isReady() }
 
     /// After a (re)connection to the coordinator the registration must be sent again.
     func linkReconnected() {
@@ -169,7 +169,7 @@ final class WorkerReadiness: Sendable {
 
     /// What to tell the coordinator next; assumes it succeeds (call `failed()` if not).
     func nextStep() -> Step {
-        let ready = isRelaying()
+        let ready = isReady()
         return state.withLockedValue { s in
             if ready && (!s.registered || !s.routable) {
                 s.registered = true
@@ -213,7 +213,7 @@ struct HeartbeatService: Service {
                     }
                     lastBeat = ContinuousClock.now
                 case .unroute:
-                    ctx.logger.warning("not ready (redis subscription down); asked to be left out of routing")
+                    ctx.logger.warning("not ready (a redis connection is down); asked to be left out of routing")
                     if (try? await ctx.coordinator.call(.unregister(worker: ctx.workerID))) != .ok { readiness.failed() }
                 case .heartbeat where ContinuousClock.now - lastBeat >= .seconds(1):
                     lastBeat = ContinuousClock.now

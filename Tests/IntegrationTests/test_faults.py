@@ -201,7 +201,10 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
         replies = [await a.wait_for(lambda f: f.get("ref") == r, timeout=25) for r in ("held-1", "held-2")]
         assert [f["type"] for f in replies] == ["ack", "ack"], replies
         assert id_key(first["id"]) < id_key(replies[0]["id"]) < id_key(replies[1]["id"])
-        # Each is stored once, in the order sent.
+        # Each is stored once, in the order sent. The store connection can be back before the
+        # workers' subscriptions are, and until then they are left out of routing (a new
+        # connection is refused 503): wait for both to be routable again.
+        wait_until(d.healthy, 20, what="both workers routable after the restart")
         b = await Client.connect(d, d.login("bob"))
         texts = [m["text"] for m in b.welcome["history"]]
         assert texts[-3:] == ["before the restart", "during the restart", "right after it"], texts
@@ -210,6 +213,47 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
 
     run(scenario())
     assert sum(d.metric(w, "securechat_store_retries_total") or 0 for w in ("worker-1", "worker-2")) >= 1
+
+
+def test_a_sync_or_history_during_a_redis_restart_is_held_and_answered(make_deployment):
+    # Reads are held like messages with a ref (repeating a read is safe): a client that
+    # reconnects and asks for what it missed while Redis restarts gets it, not an error.
+    d = make_deployment(extra_args=["--redis-hold-ms", "20000"])
+    alice, bob = d.login("alice"), d.login("bob")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        b = await Client.connect(d, bob)
+        first = await a.send_text("one")
+        second = await a.send_text("two")
+        await b.wait_for(lambda f: f["type"] == "message" and f["id"] == second["id"])
+        b.pending.clear()
+        d.pause_launcher()
+        d.kill("redis")
+        await b.send({"type": "sync", "since": first["id"]})
+        # The replay's read failed and is being tried again while Redis is down.
+        wait_until(lambda: (d.metric(b.worker, "securechat_store_retries_total") or 0) >= 1, 15,
+                   what="the sync's read held")
+        d.resume_launcher()
+        synced = await b.wait_for(lambda f: f["type"] in ("synced", "error"), timeout=25)
+        assert synced["type"] == "synced" and synced["recovered"] is True, synced
+        assert [f["id"] for f in b.pending if f["type"] == "message"] == [second["id"]], b.pending
+        # So is a `history` request, through a second restart.
+        wait_until(d.healthy, 20, what="both workers routable after the restart")
+        retries = d.metric(b.worker, "securechat_store_retries_total")
+        d.pause_launcher()
+        d.kill("redis")
+        await b.send({"type": "history", "room": "lobby", "limit": 5, "ref": "h"})
+        wait_until(lambda: (d.metric(b.worker, "securechat_store_retries_total") or 0) > retries, 15,
+                   what="the history read held")
+        d.resume_launcher()
+        page = await b.wait_for(lambda f: f.get("ref") == "h", timeout=25)
+        assert page["type"] == "history", page
+        assert [m["id"] for m in page["messages"]][-2:] == [first["id"], second["id"]]
+        await a.close()
+        await b.close()
+
+    run(scenario())
     assert sum(d.metric(w, "securechat_store_holds_expired_total") or 0 for w in ("worker-1", "worker-2")) == 0
 
 

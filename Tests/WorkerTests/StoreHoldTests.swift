@@ -46,6 +46,15 @@ import Testing
         #expect(h.failed(transient: true, nowMs: 0) == .answer)
     }
 
+    @Test func aReadIsHeldAsAMessageWithARefIs() {
+        // Repeating a read changes nothing, so it needs no ref to be tried again.
+        var h = StoreHold.read(holdMs: 1_000, startedMs: 0)
+        #expect(h.failed(transient: true, nowMs: 0, random: 1) == .again(afterMs: 50))
+        #expect(h.failed(transient: true, nowMs: 1_000) == .answer)
+        var off = StoreHold.read(holdMs: 0, startedMs: 0)
+        #expect(off.failed(transient: true, nowMs: 0) == .answer)
+    }
+
     @Test func aFailureThatWaitingCannotMendIsAnsweredAtOnce() {
         var h = StoreHold(holdMs: 5_000, startedMs: 0, hasRef: true)
         #expect(h.failed(transient: false, nowMs: 0) == .answer)
