@@ -4,11 +4,12 @@ import ServiceLifecycle
 
 /// Helpers every SecureChat process uses at start-up.
 public enum ProcessSupport {
-    /// Bootstraps swift-log once for an executable: one line per event on stderr, level from `--log-level`.
+    /// Bootstraps swift-log once for an executable: one line per event on stderr, the time in UTC
+    /// to the millisecond (`LineLogHandler`), level from `--log-level`.
     public static func bootstrapLogging(options: Options, label: String) -> Logger {
         let level = Logger.Level(rawValue: options.string("log-level", default: "info")) ?? .info
         LoggingSystem.bootstrap { name in
-            var handler = StreamLogHandler.standardError(label: name)
+            var handler = LineLogHandler(label: name)
             handler.logLevel = level
             return handler
         }
