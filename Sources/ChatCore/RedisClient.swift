@@ -131,6 +131,9 @@ public final class RedisClient: Service, Sendable {
     private let user: String?
     private let tls: RedisTLS?
     private let channel = NIOLockedValueBox<Channel?>(nil)
+    /// True once a connection has passed AUTH and, with Sentinels, its `ROLE` check; false
+    /// again when it closes.
+    private let established = NIOLockedValueBox(false)
 
     public init(endpoint: Endpoint, password: String? = nil, user: String? = nil, tls: RedisTLS? = nil, group: EventLoopGroup, logger: Logger,
                 commandTimeout: TimeAmount = .seconds(5), locator: RedisLocator? = nil) {
@@ -146,6 +149,9 @@ public final class RedisClient: Service, Sendable {
 
     public var isConnected: Bool { channel.withLockedValue { $0 } != nil }
 
+    /// Connected and past the handshake (AUTH, `ROLE`): commands can be served.
+    public var isEstablished: Bool { established.withLockedValue { $0 } && isConnected }
+
     static func connect(endpoint: Endpoint, group: EventLoopGroup, timeout: TimeAmount = .seconds(2),
                         handlers: @escaping @Sendable (Channel) throws -> Void) async throws -> Channel {
         let bootstrap = ClientBootstrap(group: group)
@@ -158,7 +164,7 @@ public final class RedisClient: Service, Sendable {
 
     public func run() async throws {
         let endpoint = self.endpoint, group = self.group, password = self.password, user = self.user, tls = self.tls
-        let locator = self.locator, logger = self.logger
+        let locator = self.locator, logger = self.logger, established = self.established
         let switchesBefore = NIOLockedValueBox(0)
         // With Sentinels the fixed endpoint is unused: name what it follows instead.
         let place = locator.usesSentinels ? "the primary the Sentinels name" : endpoint.description
@@ -196,7 +202,9 @@ public final class RedisClient: Service, Sendable {
                         throw RedisError.unavailable
                     }
                 }
-            })
+                established.withLockedValue { $0 = true }
+            },
+            ended: { established.withLockedValue { $0 = false } })
     }
 
     /// Drops the connection (the next one asks the Sentinels again): after `+switch-master`.

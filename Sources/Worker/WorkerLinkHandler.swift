@@ -280,9 +280,10 @@ final class WorkerLinkHandler: ChannelInboundHandler {
                 return ctx.hub.bestKnownOnline
             }
             .flatMapErrorThrowing { _ in ctx.hub.bestKnownOnline }
-        let hold = readHold
+        let holdMs = ctx.rooms.holdMs
         let snapshot = ctx.hub.watchUser(info.user, on: loop).flatMap {
-            Self.held(hold, on: loop, while: { bound.value.streams[id] != nil }) {
+            // The hold starts once the user's channel is subscribed: waiting for that is not a read.
+            Self.held(.read(holdMs: holdMs, startedMs: Self.monotonicMs()), on: loop, while: { bound.value.streams[id] != nil }) {
                 ctx.rooms.rooms(user: info.user, on: loop)
                     .and(ctx.rooms.recent(room: ChatLimits.lobby, count: ctx.historyCount, on: loop))
             }

@@ -25,7 +25,9 @@ enum WorkerMain {
                                  client sends it again with the same ref (default 500)
       --redis-hold-ms N          a message with a ref whose store fails while Redis fails over or restarts
                                  is tried again for this long before it is answered `unavailable`;
-                                 so are reads: a new stream's session check and welcome, sync, history
+                                 so are reads: a new stream's session check and welcome (past the
+                                 hold it is closed 1013), sync and the catch-up after the welcome,
+                                 history, rooms, directory, members
                                  (default 5000; 0: answered at once; at most 30000)
       --gateway-link-timeout-ms N  a gateway link silent this long is gone, with its streams (default
                                  15000, at least 1000; keep it at three or more of the gateways' pings,
@@ -116,9 +118,8 @@ enum WorkerMain {
             : nil
         rooms.durable = durable
         let hub = Hub(group: group, store: rooms, logger: logger)
-        // Ready: relaying, and both connections that store and read are up (a new stream's
-        // welcome needs them; the subscription alone can come back first).
-        let readiness = WorkerReadiness(isReady: { hub.isRelaying && redis.isConnected && (durable?.isConnected ?? true) })
+        let readiness = WorkerReadiness(isRelaying: { hub.isRelaying },
+                                        storeUp: { redis.isEstablished && (durable?.isEstablished ?? true) })
         let coordinator = CoordinatorLink(
             endpoints: coordinatorEndpoints, secret: options.string("cluster-secret"), group: group, logger: logger,
             onEvent: { frame in

@@ -8,12 +8,14 @@ import NIOPosix
 import Proto
 import ServiceLifecycle
 
-/// The worker's own `GET /healthz` on its link socket: 200 while subscribed to Redis, 503
-/// otherwise. Anything else gets 404.
+/// The worker's own `GET /healthz` on its link socket: 200 while ready for new streams
+/// (`WorkerReadiness`: subscribed to Redis, its command connections up), 503 otherwise,
+/// with each part. Anything else gets 404.
 final class WorkerHealthHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
-    typealias Health = @Sendable () -> (subscribed: Bool, coordinator: Bool, connections: Int, localRateDecisions: Int, coordinatorEpoch: UInt64)
+    typealias Health = @Sendable () -> (ready: Bool, subscribed: Bool, store: Bool, coordinator: Bool, connections: Int,
+                                        localRateDecisions: Int, coordinatorEpoch: UInt64)
     let health: Health
 
     init(health: @escaping Health) {
@@ -27,8 +29,8 @@ final class WorkerHealthHandler: ChannelInboundHandler {
             return
         }
         let h = health()
-        let body = "{\"status\":\"\(h.subscribed ? "ok" : "degraded")\",\"subscribed\":\(h.subscribed),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions),\"coordinator_epoch\":\(h.coordinatorEpoch)}"
-        respond(context, h.subscribed ? .ok : .serviceUnavailable, body)
+        let body = "{\"status\":\"\(h.ready ? "ok" : "degraded")\",\"ready\":\(h.ready),\"subscribed\":\(h.subscribed),\"store\":\(h.store),\"coordinator\":\(h.coordinator),\"connections\":\(h.connections),\"local_rate_decisions\":\(h.localRateDecisions),\"coordinator_epoch\":\(h.coordinatorEpoch)}"
+        respond(context, h.ready ? .ok : .serviceUnavailable, body)
     }
 
     private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ json: String) {
@@ -96,7 +98,10 @@ struct WorkerService: Service {
 
     func run() async throws {
         let ctx = self.ctx, workerID = ctx.workerID, readiness = self.readiness
-        let health: WorkerHealthHandler.Health = { (readiness.ready, ctx.coordinator.isConnected, ctx.hub.count, ctx.limiter.fallbackCount, ctx.coordinator.epoch) }
+        let health: WorkerHealthHandler.Health = {
+            (readiness.ready, readiness.relaying, readiness.store, ctx.coordinator.isConnected, ctx.hub.count,
+             ctx.limiter.fallbackCount, ctx.coordinator.epoch)
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in
@@ -135,61 +140,41 @@ struct WorkerService: Service {
     }
 }
 
-/// Whether this worker may take streams: it registers with the coordinator only once its
-/// Redis subscription is live (and any gap filled) and its command connections are up, and
-/// asks to be left out of routing while they are not, keeping its lease and presence meanwhile.
-///
-/// "Ready" is not stored here: it is read each time (`isReady`), the Hub's relay state under the
+/// The worker's `RoutingReadiness` under a lock, fed the Hub's relay state (read under the
 /// Hub's one lock, so a subscription lost right after a gap fill can never leave the worker
-/// reporting ready while unsubscribed (two flags under two locks could).
+/// reporting ready while unsubscribed) and its Redis command connections, on the monotonic clock.
 final class WorkerReadiness: Sendable {
-    private struct State {
-        var registered = false
-        var routable = false
+    typealias Step = RoutingReadiness.Step
+
+    private let state = NIOLockedValueBox(RoutingReadiness())
+    private let isRelaying: @Sendable () -> Bool
+    private let storeUp: @Sendable () -> Bool
+
+    init(isRelaying: @escaping @Sendable () -> Bool, storeUp: @escaping @Sendable () -> Bool) {
+        self.isRelaying = isRelaying
+        self.storeUp = storeUp
     }
 
-    enum Step: Equatable { case register, unroute, heartbeat, wait }
+    private static func nowMs() -> Int { Int(NIODeadline.now().uptimeNanoseconds / 1_000_000) }
 
-    private let state = NIOLockedValueBox(State())
-    private let isReady: @Sendable () -> Bool
+    var relaying: Bool { isRelaying() }
+    var store: Bool { storeUp() }
 
-    init(isReady: @escaping @Sendable () -> Bool) {
-        self.isReady = isReady
+    var ready: Bool {
+        let relaying = isRelaying(), store = storeUp()
+        return state.withLockedValue { $0.ready(relaying: relaying, store: store, nowMs: Self.nowMs()) }
     }
-
-    var ready: Bool { isReady() }
 
     /// After a (re)connection to the coordinator the registration must be sent again.
-    func linkReconnected() {
-        state.withLockedValue {
-            $0.registered = false
-            $0.routable = false
-        }
-    }
+    func linkReconnected() { state.withLockedValue { $0.failed() } }
 
     /// What to tell the coordinator next; assumes it succeeds (call `failed()` if not).
     func nextStep() -> Step {
-        let ready = isReady()
-        return state.withLockedValue { s in
-            if ready && (!s.registered || !s.routable) {
-                s.registered = true
-                s.routable = true
-                return .register
-            }
-            if !ready && s.registered && s.routable {
-                s.routable = false
-                return .unroute
-            }
-            return s.registered ? .heartbeat : .wait
-        }
+        let relaying = isRelaying(), store = storeUp()
+        return state.withLockedValue { $0.nextStep(relaying: relaying, store: store, nowMs: Self.nowMs()) }
     }
 
-    func failed() {
-        state.withLockedValue {
-            $0.registered = false
-            $0.routable = false
-        }
-    }
+    func failed() { state.withLockedValue { $0.failed() } }
 }
 
 /// Keeps this worker's registration and lease with the coordinator: registers

@@ -102,9 +102,10 @@ class Deployment:
         LIVE.append(self)
         try:
             wait_until(self.healthy, 60, what="deployment healthy")
-        except BaseException:
+        except BaseException as e:
+            tail = "\n".join(self.log_text().splitlines()[-120:])
             self.stop()
-            raise
+            raise AssertionError("%s; the launcher's log ends:\n%s" % (e, tail)) from e
 
     def healthy(self):
         if self.proc.poll() is not None:

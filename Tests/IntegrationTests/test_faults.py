@@ -75,7 +75,7 @@ def test_lost_subscription_is_refilled_from_the_stream(make_deployment):
         assert 503 in statuses                          # the health check showed the outage
         wait_until(lambda: d.worker_health(b.worker)[0] == 200, 10, what="worker healthy again")
         status, body = d.worker_health(b.worker)
-        assert body["subscribed"] is True
+        assert body["subscribed"] is True and body["ready"] is True and body["store"] is True
         await a.close()
         await b.close()
 
@@ -139,8 +139,7 @@ def test_redis_down_past_the_hold_gives_clear_errors_then_everything_is_back(mak
         a = await Client.connect(d, alice)
         before = await a.send_text("before the outage", ref="pre")
         assert before["type"] == "ack"
-        d.pause_launcher()
-        d.kill("redis")
+        redis_gone_for(d, a.worker)
         # Sends and logins get a clear temporary error; nothing crashes. The send was held first.
         sent = time.monotonic()
         err = await a.send_text("during the outage", ref="during")
@@ -181,8 +180,7 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
         a = await Client.connect(d, alice)
         first = await a.send_text("before the restart")
         assert first["type"] == "ack"
-        d.pause_launcher()
-        d.kill("redis")
+        redis_gone_for(d, a.worker)
         # Without a ref a message is not held (a try that reached Redis could be stored twice):
         # it is refused at once, well inside the hold.
         sent = time.monotonic()
@@ -213,6 +211,14 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
 
     run(scenario())
     assert sum(d.metric(w, "securechat_store_retries_total") or 0 for w in ("worker-1", "worker-2")) >= 1
+    assert sum(d.metric(w, "securechat_store_holds_expired_total") or 0 for w in ("worker-1", "worker-2")) == 0
+
+
+def redis_gone_for(d, worker):
+    """Kills Redis (the launcher paused, so it stays down) and waits until `worker` has seen it go."""
+    d.pause_launcher()
+    d.kill("redis")
+    wait_until(lambda: d.worker_health(worker)[0] == 503, 15, what="the worker seeing redis gone")
 
 
 def test_a_sync_or_history_during_a_redis_restart_is_held_and_answered(make_deployment):
@@ -228,8 +234,7 @@ def test_a_sync_or_history_during_a_redis_restart_is_held_and_answered(make_depl
         second = await a.send_text("two")
         await b.wait_for(lambda f: f["type"] == "message" and f["id"] == second["id"])
         b.pending.clear()
-        d.pause_launcher()
-        d.kill("redis")
+        redis_gone_for(d, b.worker)
         await b.send({"type": "sync", "since": first["id"]})
         # The replay's read failed and is being tried again while Redis is down.
         wait_until(lambda: (d.metric(b.worker, "securechat_store_retries_total") or 0) >= 1, 15,
@@ -240,9 +245,8 @@ def test_a_sync_or_history_during_a_redis_restart_is_held_and_answered(make_depl
         assert [f["id"] for f in b.pending if f["type"] == "message"] == [second["id"]], b.pending
         # So is a `history` request, through a second restart.
         wait_until(d.healthy, 20, what="both workers routable after the restart")
-        retries = d.metric(b.worker, "securechat_store_retries_total")
-        d.pause_launcher()
-        d.kill("redis")
+        retries = d.metric(b.worker, "securechat_store_retries_total") or 0
+        redis_gone_for(d, b.worker)
         await b.send({"type": "history", "room": "lobby", "limit": 5, "ref": "h"})
         wait_until(lambda: (d.metric(b.worker, "securechat_store_retries_total") or 0) > retries, 15,
                    what="the history read held")
