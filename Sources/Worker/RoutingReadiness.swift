@@ -53,4 +53,10 @@ struct RoutingReadiness: Sendable, Equatable {
         registered = false
         routable = false
     }
+
+    /// An unroute the coordinator did not confirm (the link stays up): send it again next,
+    /// else the worker would go on being routed new streams it cannot serve.
+    mutating func unrouteFailed() {
+        routable = true
+    }
 }

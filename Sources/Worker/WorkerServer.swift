@@ -160,9 +160,10 @@ final class WorkerReadiness: Sendable {
     var relaying: Bool { isRelaying() }
     var store: Bool { storeUp() }
 
+    // The inputs are read under this lock (the Hub's and the clients' locks are never held
+    // while this one is taken), so the health check and the heartbeat loop apply in order.
     var ready: Bool {
-        let relaying = isRelaying(), store = storeUp()
-        return state.withLockedValue { $0.ready(relaying: relaying, store: store, nowMs: Self.nowMs()) }
+        state.withLockedValue { $0.ready(relaying: isRelaying(), store: storeUp(), nowMs: Self.nowMs()) }
     }
 
     /// After a (re)connection to the coordinator the registration must be sent again.
@@ -170,11 +171,12 @@ final class WorkerReadiness: Sendable {
 
     /// What to tell the coordinator next; assumes it succeeds (call `failed()` if not).
     func nextStep() -> Step {
-        let relaying = isRelaying(), store = storeUp()
-        return state.withLockedValue { $0.nextStep(relaying: relaying, store: store, nowMs: Self.nowMs()) }
+        state.withLockedValue { $0.nextStep(relaying: isRelaying(), store: storeUp(), nowMs: Self.nowMs()) }
     }
 
     func failed() { state.withLockedValue { $0.failed() } }
+
+    func unrouteFailed() { state.withLockedValue { $0.unrouteFailed() } }
 }
 
 /// Keeps this worker's registration and lease with the coordinator: registers
@@ -199,7 +201,11 @@ struct HeartbeatService: Service {
                     lastBeat = ContinuousClock.now
                 case .unroute:
                     ctx.logger.warning("not ready (a redis connection is down); asked to be left out of routing")
-                    if (try? await ctx.coordinator.call(.unregister(worker: ctx.workerID))) != .ok { readiness.failed() }
+                    switch try? await ctx.coordinator.call(.unregister(worker: ctx.workerID)) {
+                    case .ok?: break
+                    case .unknownWorker?: readiness.failed()
+                    default: readiness.unrouteFailed()
+                    }
                 case .heartbeat where ContinuousClock.now - lastBeat >= .seconds(1):
                     lastBeat = ContinuousClock.now
                     let r = try? await ctx.coordinator.call(.heartbeat(worker: ctx.workerID, connectionCount: ctx.hub.count))

@@ -18,6 +18,11 @@ import Testing
         #expect(line == "1970-01-01T00:00:00.999Z info x: [S] m\n")
     }
 
+    @Test func anEmptyLabelLeavesNoSpace() {
+        let line = LineLogHandler.line(epochSeconds: 0, millisecond: 0, level: .error, label: "", metadata: [:], source: "S", message: "m")
+        #expect(line == "1970-01-01T00:00:00.000Z error: [S] m\n")
+    }
+
     @Test func theMillisecondStaysInRange() {
         #expect(LineLogHandler.timestamp(epochSeconds: 0, millisecond: 1_500) == "1970-01-01T00:00:00.999Z")
         #expect(LineLogHandler.timestamp(epochSeconds: 0, millisecond: -3) == "1970-01-01T00:00:00.000Z")

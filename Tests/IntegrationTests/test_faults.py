@@ -215,10 +215,28 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
 
 
 def redis_gone_for(d, worker):
-    """Kills Redis (the launcher paused, so it stays down) and waits until `worker` has seen it go."""
+    """Kills Redis (the launcher paused, so it stays down) and waits until `worker` has seen it go
+    on its subscription and its command connection."""
     d.pause_launcher()
     d.kill("redis")
-    wait_until(lambda: d.worker_health(worker)[0] == 503, 15, what="the worker seeing redis gone")
+
+    def seen():
+        status, body = d.worker_health(worker)
+        return status == 503 and body["subscribed"] is False and body["store"] is False
+    wait_until(seen, 15, what="the worker seeing redis gone")
+
+
+def metric_now(d, child, name):
+    """A metric's value, polled until the child answers (a scrape that timed out gives None)."""
+    got = []
+
+    def answered():
+        value = d.metric(child, name)
+        if value is not None:
+            got.append(value)
+        return value is not None
+    wait_until(answered, 10, what=name + " answered")
+    return got[-1]
 
 
 def test_a_sync_or_history_during_a_redis_restart_is_held_and_answered(make_deployment):
@@ -245,7 +263,7 @@ def test_a_sync_or_history_during_a_redis_restart_is_held_and_answered(make_depl
         assert [f["id"] for f in b.pending if f["type"] == "message"] == [second["id"]], b.pending
         # So is a `history` request, through a second restart.
         wait_until(d.healthy, 20, what="both workers routable after the restart")
-        retries = d.metric(b.worker, "securechat_store_retries_total") or 0
+        retries = metric_now(d, b.worker, "securechat_store_retries_total")
         redis_gone_for(d, b.worker)
         await b.send({"type": "history", "room": "lobby", "limit": 5, "ref": "h"})
         wait_until(lambda: (d.metric(b.worker, "securechat_store_retries_total") or 0) > retries, 15,

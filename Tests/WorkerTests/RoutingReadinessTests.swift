@@ -47,6 +47,15 @@ import Testing
         #expect(r.nextStep(relaying: true, store: true, nowMs: 5_050) == .register)
     }
 
+    @Test func anUnrouteTheCoordinatorDidNotConfirmIsSentAgain() {
+        var r = RoutingReadiness()
+        #expect(r.nextStep(relaying: true, store: true, nowMs: 0) == .register)
+        #expect(r.nextStep(relaying: false, store: true, nowMs: 50) == .unroute)
+        r.unrouteFailed()
+        #expect(r.nextStep(relaying: false, store: true, nowMs: 100) == .unroute)
+        #expect(r.nextStep(relaying: false, store: true, nowMs: 150) == .heartbeat)
+    }
+
     @Test func aFailedCallOrANewCoordinatorLinkRegistersAgain() {
         var r = RoutingReadiness()
         #expect(r.nextStep(relaying: true, store: true, nowMs: 0) == .register)
