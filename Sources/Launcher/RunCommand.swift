@@ -12,7 +12,7 @@ struct RunCommand {
     /// Its own flags and those it passes on to its children.
     /// Flags passed on as they are: to the coordinator, to each worker, to each gateway.
     static let coordinatorFlags = ["lease-seconds", "max-sockets-per-user"]
-    static let workerFlags = ["history", "history-max", "max-queued-frames", "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members", "redis-hold-ms"]
+    static let workerFlags = ["history", "history-max", "max-queued-frames", "admins", "max-rooms-per-user", "room-creations-per-hour", "max-private-members", "redis-hold-ms", "redis-wait-replicas", "redis-wait-ms"]
     static let gatewayFlags = ["request-timeout-seconds", "ping-seconds", "max-queued-frames", "max-queued-bytes", "flush-coalesce-ms",
                                "event-loops", "max-logins-in-flight", "allow-demo-users", "worker-header", "proxy-protocol", "max-file-bytes", "files-quota-bytes"]
     /// Its own flags and those it passes on to its children.

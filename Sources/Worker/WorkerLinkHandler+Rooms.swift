@@ -47,7 +47,10 @@ extension WorkerLinkHandler {
             return Self.perform(frame, ctx: ctx, info: info, open: open, on: loop)
         }.flatMapErrorThrowing { error in
             ctx.logger.warning("request failed", metadata: ["error": "\(error)", "user": "\(info.user)"])
-            return Reply(frame: .error(code: "unavailable", message: "temporarily unavailable; retry", ref: ref, retryAfterMs: 1000))
+            // Same code and advice either way; the message says which, for users and operators.
+            let message = (error as? RedisError) == .notReplicated
+                ? "not yet confirmed by a replica; retry" : "temporarily unavailable; retry"
+            return Reply(frame: .error(code: "unavailable", message: message, ref: ref, retryAfterMs: 1000))
         }.whenSuccess { reply in
             let h = bound.value
             if let change = reply.change { h.applyOwnChange(change, user: info.user) }

@@ -214,6 +214,25 @@ def test_a_message_sent_while_redis_restarts_is_held_and_acknowledged_not_refuse
     assert sum(d.metric(w, "securechat_store_holds_expired_total") or 0 for w in ("worker-1", "worker-2")) == 0
 
 
+def test_a_message_no_replica_confirms_is_refused_at_once_and_says_why(make_deployment):
+    # The launcher's Redis has no replica, so every WAIT runs out. Such a message is not held
+    # (its WAIT already waited, and WAITs queue on one connection): refused at once, saying why.
+    d = make_deployment(extra_args=["--redis-wait-replicas", "1", "--redis-wait-ms", "100", "--redis-hold-ms", "20000"])
+    alice = d.login("alice")
+
+    async def scenario():
+        a = await Client.connect(d, alice)
+        sent = time.monotonic()
+        err = await a.send_text("nobody copies this", ref="w-1")
+        assert err["type"] == "error" and err["code"] == "unavailable", err
+        assert err["message"] == "not yet confirmed by a replica; retry" and err["retry_after_ms"] > 0
+        assert time.monotonic() - sent < 15   # well inside the 20 s hold
+        await a.close()
+
+    run(scenario())
+    assert sum(d.metric(w, "securechat_store_retries_total") or 0 for w in ("worker-1", "worker-2")) == 0
+
+
 def redis_gone_for(d, worker):
     """Kills Redis (the launcher paused, so it stays down) and waits until `worker` has seen it go
     on its subscription and its command connection."""
