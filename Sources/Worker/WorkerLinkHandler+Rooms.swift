@@ -129,6 +129,13 @@ extension WorkerLinkHandler {
         }
     }
 
+    /// A read, held through a Redis failover from now: repeating one is always safe, so it
+    /// needs no ref.
+    static func heldRead<T: Sendable>(holdMs: Int, on loop: EventLoop, while open: @escaping @Sendable () -> Bool,
+                                      _ attempt: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        held(.read(holdMs: holdMs, startedMs: monotonicMs()), on: loop, while: open, attempt)
+    }
+
     /// A `room_added` answer with the change it makes; the script answered {ok, room json, last id}.
     private static func joinedReply(_ outcome: RoomStore.Outcome, room: String, ref: String?) -> Reply {
         switch outcome {
@@ -147,8 +154,9 @@ extension WorkerLinkHandler {
         /// `read`: the script only reads, so it is held through a Redis failover (repeating it is safe).
         func script(_ s: RedisScript, _ args: [String], ref: String?, read: Bool = false,
                     _ ok: @escaping @Sendable ([RESPValue]) -> ServerFrame?) -> EventLoopFuture<ServerFrame?> {
-            let hold = StoreHold.read(holdMs: read ? rooms.holdMs : 0, startedMs: Self.monotonicMs())
-            return Self.held(hold, on: loop, while: open) { rooms.run(s, args, on: loop) }.map { outcome in
+            let outcome = read ? Self.heldRead(holdMs: rooms.holdMs, on: loop, while: open) { rooms.run(s, args, on: loop) }
+                : rooms.run(s, args, on: loop)
+            return outcome.map { outcome in
                 switch outcome {
                 case let .refused(code, message): return .error(code: code, message: message, ref: ref, retryAfterMs: nil)
                 case let .ok(items): return ok(items)
@@ -202,8 +210,7 @@ extension WorkerLinkHandler {
         case .createRoom, .join, .leave, .device, .deviceRemove, .keys, .toDevice, .toDeviceAck, .backupPut, .backupGet:
             return loop.makeSucceededFuture(nil)
         case let .rooms(ref):
-            let hold = StoreHold.read(holdMs: rooms.holdMs, startedMs: Self.monotonicMs())
-            return Self.held(hold, on: loop, while: open) { rooms.rooms(user: user, on: loop) }
+            return Self.heldRead(holdMs: rooms.holdMs, on: loop, while: open) { rooms.rooms(user: user, on: loop) }
                 .map { .object(type: "rooms", ref: ref, fields: "\"rooms\":" + $0.json) }
         case let .directory(query, ref):
             return script(RoomStore.directoryScript, [user, query], ref: ref, read: true) { items in

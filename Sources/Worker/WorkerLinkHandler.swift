@@ -238,9 +238,6 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         logger.debug("stream closed", metadata: ["connection.id": "\(stream.info.id)"])
     }
 
-    /// A hold for a read (a session, the welcome's rooms and history, a replay page) from now.
-    private var readHold: StoreHold { .read(holdMs: ctx.rooms.holdMs, startedMs: Self.monotonicMs()) }
-
     private var bound: NIOLoopBound<WorkerLinkHandler>? {
         context.map { NIOLoopBound(self, eventLoop: $0.eventLoop) }
     }
@@ -248,8 +245,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
     private func checkSession(_ id: UInt32, _ stream: Stream) {
         guard let bound, let loop = context?.eventLoop else { return }
         let user = stream.info.user, sessions = ctx.sessions, hash = stream.sessionHash
-        // A read, safe to repeat: held through a Redis failover like a message with a ref.
-        Self.held(readHold, on: loop, while: { bound.value.streams[id] != nil }) {
+        Self.heldRead(holdMs: ctx.rooms.holdMs, on: loop, while: { bound.value.streams[id] != nil }) {
             sessions.lookup(hash: hash, on: loop)
         }.whenComplete { result in
             let h = bound.value
@@ -283,7 +279,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
         let holdMs = ctx.rooms.holdMs
         let snapshot = ctx.hub.watchUser(info.user, on: loop).flatMap {
             // The hold starts once the user's channel is subscribed: waiting for that is not a read.
-            Self.held(.read(holdMs: holdMs, startedMs: Self.monotonicMs()), on: loop, while: { bound.value.streams[id] != nil }) {
+            Self.heldRead(holdMs: holdMs, on: loop, while: { bound.value.streams[id] != nil }) {
                 ctx.rooms.rooms(user: info.user, on: loop)
                     .and(ctx.rooms.recent(room: ChatLimits.lobby, count: ctx.historyCount, on: loop))
             }
@@ -613,7 +609,7 @@ final class WorkerLinkHandler: ChannelInboundHandler {
             let go = first ? loop.makeSucceededVoidFuture() : bound.value.outputReady(id, on: loop)
             return go.flatMap {
                 // Each page has a hold of its own: a long replay does not use up the next one's.
-                Self.held(.read(holdMs: holdMs, startedMs: Self.monotonicMs()), on: loop, while: { bound.value.streams[id] != nil }) {
+                Self.heldRead(holdMs: holdMs, on: loop, while: { bound.value.streams[id] != nil }) {
                     rooms.page(user: user, room: room, after: cursor, count: Self.replayPage, on: loop)
                 }
             }.flatMap { result in
